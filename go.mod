@@ -1,0 +1,3 @@
+module github.com/cryptds/cryptds
+
+go 1.26.8
