@@ -1,0 +1,130 @@
+package objcrypt
+
+import (
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Object encrypts and decrypts the blocks of one object. It holds the
+// object's AEAD, so the hot path does no key lookup or derivation. It is safe
+// for concurrent use as long as rand is (crypto/rand is).
+type Object struct {
+	id   ObjectID
+	aead cipher.AEAD
+	rand io.Reader
+}
+
+// NewObject derives the object key from dek and id and prepares the block
+// AEAD. rand supplies block nonces; nil means crypto/rand. The derived key is
+// wiped once the AES key schedule has been built.
+func NewObject(dek []byte, id ObjectID, rnd io.Reader) (*Object, error) {
+	key, err := DeriveObjectKey(dek, id)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Zero()
+	aead, err := newGCM(key, NonceSize)
+	if err != nil {
+		return nil, fmt.Errorf("object AEAD: %w", err)
+	}
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	return &Object{id: id, aead: aead, rand: rnd}, nil
+}
+
+// ID returns the object id.
+func (o *Object) ID() ObjectID { return o.id }
+
+// blockAAD is block number (u64 BE) ‖ object id: a block cannot be moved to
+// another position or another object.
+func (o *Object) blockAAD(buf *[8 + ObjectIDSize]byte, block uint64) []byte {
+	binary.BigEndian.PutUint64(buf[:8], block)
+	copy(buf[8:], o.id[:])
+	return buf[:]
+}
+
+// EncryptBlock appends the stored form of plaintext block number block
+// (nonce ‖ ciphertext ‖ tag) to dst and returns the extended slice. plain
+// must hold 1..PlainBlockSize bytes; only the last block of an object may be
+// short. Passing a longer or empty block is a programming error and panics.
+func (o *Object) EncryptBlock(dst, plain []byte, block uint64) ([]byte, error) {
+	if len(plain) == 0 || len(plain) > PlainBlockSize {
+		panic(fmt.Sprintf("objcrypt: internal error: EncryptBlock of %d bytes", len(plain)))
+	}
+	n := len(dst)
+	dst = append(dst, make([]byte, NonceSize)...) // no allocation when cap suffices
+	nonce := dst[n : n+NonceSize]
+	if _, err := io.ReadFull(o.rand, nonce); err != nil {
+		return dst[:n], fmt.Errorf("block %d nonce: %w", block, err)
+	}
+	var aad [8 + ObjectIDSize]byte
+	return o.aead.Seal(dst, nonce, plain, o.blockAAD(&aad, block)), nil
+}
+
+// DecryptBlock appends the plaintext of stored block number block to dst. A
+// stored block of all zero bytes is a hole and yields that many plaintext
+// zero bytes (len(stored)-BlockOverhead). Anything that does not
+// authenticate returns a *BlockError wrapping ErrAuth, or ErrHeader for a
+// stored block too short to hold a nonce, a tag and one byte.
+func (o *Object) DecryptBlock(dst, stored []byte, block uint64) ([]byte, error) {
+	if len(stored) <= BlockOverhead || len(stored) > CipherBlockSize {
+		return dst, &BlockError{Block: block, Err: fmt.Errorf("stored block of %d bytes: %w", len(stored), ErrHeader)}
+	}
+	if isZero(stored) {
+		n := len(dst)
+		dst = append(dst, make([]byte, len(stored)-BlockOverhead)...)
+		clear(dst[n:])
+		return dst, nil
+	}
+	var aad [8 + ObjectIDSize]byte
+	out, err := o.aead.Open(dst, stored[:NonceSize], stored[NonceSize:], o.blockAAD(&aad, block))
+	if err != nil {
+		return dst, &BlockError{Block: block, Err: ErrAuth}
+	}
+	return out, nil
+}
+
+// isZero reports whether b is all zero bytes. Word-at-a-time would be faster,
+// but the compiler vectorises this loop well enough next to AES-GCM.
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.NativeEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// NewObjectID returns a random object id from rand (nil: crypto/rand).
+func NewObjectID(rnd io.Reader) (ObjectID, error) {
+	var id ObjectID
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	if _, err := io.ReadFull(rnd, id[:]); err != nil {
+		return id, fmt.Errorf("object id: %w", err)
+	}
+	return id, nil
+}
+
+// NewVMID returns a random VM id from rand (nil: crypto/rand).
+func NewVMID(rnd io.Reader) (VMID, error) {
+	var id VMID
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	if _, err := io.ReadFull(rnd, id[:]); err != nil {
+		return id, fmt.Errorf("vm id: %w", err)
+	}
+	return id, nil
+}

@@ -1,0 +1,37 @@
+package objcrypt
+
+// EncryptBlocks appends the stored form of plain to dst. plain is the
+// plaintext of consecutive blocks starting at firstBlock; every block but the
+// last must be full. pool may be nil (everything inline).
+func (o *Object) EncryptBlocks(dst, plain []byte, firstBlock uint64, pool *Pool) ([]byte, error) {
+	if pool != nil && len(plain) >= pool.threshold() {
+		return pool.encrypt(o, dst, plain, firstBlock)
+	}
+	var err error
+	for b := firstBlock; len(plain) > 0; b++ {
+		n := min(len(plain), PlainBlockSize)
+		if dst, err = o.EncryptBlock(dst, plain[:n], b); err != nil {
+			return dst, err
+		}
+		plain = plain[n:]
+	}
+	return dst, nil
+}
+
+// DecryptBlocks appends the plaintext of consecutive stored blocks (starting
+// at firstBlock; only the last may be short) to dst. On failure it returns
+// the *BlockError of the first block that failed.
+func (o *Object) DecryptBlocks(dst, stored []byte, firstBlock uint64, pool *Pool) ([]byte, error) {
+	if pool != nil && len(stored) >= pool.threshold()+pool.threshold()/PlainBlockSize*BlockOverhead {
+		return pool.decrypt(o, dst, stored, firstBlock)
+	}
+	var err error
+	for b := firstBlock; len(stored) > 0; b++ {
+		n := min(len(stored), CipherBlockSize)
+		if dst, err = o.DecryptBlock(dst, stored[:n], b); err != nil {
+			return dst, err
+		}
+		stored = stored[n:]
+	}
+	return dst, nil
+}

@@ -1,0 +1,130 @@
+package objcrypt
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+)
+
+const (
+	// KeySize is the size of every key in the hierarchy (KEK, DEK, object key).
+	KeySize = 32
+	// wrapNonceSize is the standard GCM nonce used for the DEK wrap.
+	wrapNonceSize = 12
+	// WrappedDEKSize is nonce(12) ‖ encrypted DEK(32) ‖ tag(16).
+	WrappedDEKSize = wrapNonceSize + KeySize + TagSize
+)
+
+// KDF and wrap labels. They are part of the on-disk format: changing one
+// makes every existing object unreadable. Tests pin them and their outputs.
+const (
+	ObjectKeyInfo = "cryptds v1 object"
+	DEKWrapLabel  = "cryptds v1 dek wrap"
+)
+
+// Key is secret key material. It redacts itself in fmt and slog output so a
+// stray log line cannot leak it; Zero wipes it when the owner is done.
+type Key []byte
+
+// String redacts the key.
+func (Key) String() string { return "[redacted key]" }
+
+// GoString redacts the key for %#v.
+func (Key) GoString() string { return "objcrypt.Key{redacted}" }
+
+// Format redacts the key for every verb, including %x and %v.
+func (Key) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "[redacted key]") }
+
+// LogValue redacts the key in slog output.
+func (Key) LogValue() slog.Value { return slog.StringValue("[redacted key]") }
+
+// Zero overwrites the key bytes.
+func (k Key) Zero() { clear(k) }
+
+// NewDEK returns KeySize random bytes from rand (crypto/rand.Reader in
+// production).
+func NewDEK(rand io.Reader) (Key, error) {
+	k := make(Key, KeySize)
+	if _, err := io.ReadFull(rand, k); err != nil {
+		return nil, fmt.Errorf("generate DEK: %w", err)
+	}
+	return k, nil
+}
+
+// wrapAAD binds a wrapped DEK to the KEK id and VM id, so a wrapped DEK
+// cannot be presented as belonging to another VM or another KEK id.
+func wrapAAD(kekID string, vm VMID) []byte {
+	b := make([]byte, 0, len(DEKWrapLabel)+2+len(kekID)+VMIDSize)
+	b = append(b, DEKWrapLabel...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(kekID)))
+	b = append(b, kekID...)
+	return append(b, vm[:]...)
+}
+
+func newGCM(key []byte, nonceSize int) (cipher.AEAD, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("key is %d bytes, want %d: %w", len(key), KeySize, ErrHeader)
+	}
+	blk, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("aes: %w", err)
+	}
+	if nonceSize == 12 {
+		return cipher.NewGCM(blk)
+	}
+	return cipher.NewGCMWithNonceSize(blk, nonceSize)
+}
+
+// WrapDEK encrypts dek under kek with AES-256-GCM, binding kekID and vm.
+// The result is nonce ‖ ciphertext ‖ tag (WrappedDEKSize bytes).
+func WrapDEK(kek, dek []byte, kekID string, vm VMID, rand io.Reader) ([]byte, error) {
+	if len(dek) != KeySize {
+		return nil, fmt.Errorf("DEK is %d bytes, want %d: %w", len(dek), KeySize, ErrHeader)
+	}
+	aead, err := newGCM(kek, wrapNonceSize)
+	if err != nil {
+		return nil, fmt.Errorf("wrap DEK: %w", err)
+	}
+	out := make([]byte, wrapNonceSize, WrappedDEKSize)
+	if _, err := io.ReadFull(rand, out); err != nil {
+		return nil, fmt.Errorf("wrap DEK nonce: %w", err)
+	}
+	return aead.Seal(out, out[:wrapNonceSize], dek, wrapAAD(kekID, vm)), nil
+}
+
+// UnwrapDEK reverses WrapDEK. A wrong KEK, KEK id, VM id or any changed byte
+// gives ErrAuth.
+func UnwrapDEK(kek, wrapped []byte, kekID string, vm VMID) (Key, error) {
+	if len(wrapped) != WrappedDEKSize {
+		return nil, fmt.Errorf("wrapped DEK is %d bytes, want %d: %w", len(wrapped), WrappedDEKSize, ErrHeader)
+	}
+	aead, err := newGCM(kek, wrapNonceSize)
+	if err != nil {
+		return nil, fmt.Errorf("unwrap DEK: %w", err)
+	}
+	dek, err := aead.Open(make(Key, 0, KeySize), wrapped[:wrapNonceSize], wrapped[wrapNonceSize:], wrapAAD(kekID, vm))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap DEK with KEK %q: %w", kekID, ErrAuth)
+	}
+	return dek, nil
+}
+
+// DeriveObjectKey returns HKDF-SHA256(dek, salt=none, info=ObjectKeyInfo ‖
+// objectID), 32 bytes. One key per object limits how much data any single
+// AES-GCM key protects.
+func DeriveObjectKey(dek []byte, id ObjectID) (Key, error) {
+	if len(dek) != KeySize {
+		return nil, fmt.Errorf("DEK is %d bytes, want %d: %w", len(dek), KeySize, ErrHeader)
+	}
+	info := append([]byte(ObjectKeyInfo), id[:]...)
+	k, err := hkdf.Key(sha256.New, dek, nil, string(info), KeySize)
+	if err != nil {
+		return nil, fmt.Errorf("derive object key: %w", err)
+	}
+	return k, nil
+}
