@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Format constants. They are part of the on-disk format and never change for
@@ -21,7 +22,8 @@ const (
 	VMIDSize = 16
 	// MaxKEKIDLen bounds the KMS key id (KMIP unique identifiers are short).
 	MaxKEKIDLen = 255
-	// MaxWrappedDEKLen bounds the wrapped DEK field.
+	// MaxWrappedDEKLen bounds the wrapped DEK field in any version. Suite
+	// AES256GCM requires exactly WrappedDEKSize bytes.
 	MaxWrappedDEKLen = 1024
 )
 
@@ -75,8 +77,8 @@ func (h *Header) validate() error {
 	if h.Suite != SuiteAES256GCM {
 		return fmt.Errorf("header suite %d: %w", h.Suite, ErrVersion)
 	}
-	if len(h.KEKID) == 0 || len(h.KEKID) > MaxKEKIDLen {
-		return fmt.Errorf("KEK id length %d not in 1..%d: %w", len(h.KEKID), MaxKEKIDLen, ErrHeader)
+	if err := checkKEKID(h.KEKID); err != nil {
+		return err
 	}
 	if len(h.WrappedDEK) != WrappedDEKSize {
 		return fmt.Errorf("wrapped DEK length %d, want %d: %w", len(h.WrappedDEK), WrappedDEKSize, ErrHeader)
@@ -128,6 +130,9 @@ func parseHeaderPrefix(b []byte) (*Header, int, error) {
 		return nil, 0, fmt.Errorf("header truncated in KEK id: %w", ErrHeader)
 	}
 	h.KEKID = string(b[p : p+kekLen])
+	if !utf8.ValidString(h.KEKID) {
+		return nil, 0, fmt.Errorf("KEK id %q is not UTF-8: %w", h.KEKID, ErrHeader)
+	}
 	p += kekLen
 	wLen := int(binary.BigEndian.Uint16(b[p : p+2]))
 	p += 2

@@ -4,11 +4,13 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
+	"unicode/utf8"
 )
 
 const (
@@ -21,10 +23,15 @@ const (
 )
 
 // KDF and wrap labels. They are part of the on-disk format: changing one
-// makes every existing object unreadable. Tests pin them and their outputs.
+// makes every existing object unreadable. Tests pin them and their outputs
+// (TestPinnedLabels, TestPinnedObjectKeys).
 const (
+	// ObjectKeyInfo is the HKDF-SHA256 info prefix of an object key; the
+	// 16 raw object id bytes follow it.
 	ObjectKeyInfo = "cryptds v1 object"
-	DEKWrapLabel  = "cryptds v1 dek wrap"
+	// DEKWrapLabel starts the associated data of the DEK wrap, so a wrapped
+	// DEK can never be confused with any other AES-GCM message under the KEK.
+	DEKWrapLabel = "cryptds v1 dek wrap"
 )
 
 // Key is secret key material. It redacts itself in fmt and slog output so a
@@ -46,11 +53,14 @@ func (Key) LogValue() slog.Value { return slog.StringValue("[redacted key]") }
 // Zero overwrites the key bytes.
 func (k Key) Zero() { clear(k) }
 
-// NewDEK returns KeySize random bytes from rand (crypto/rand.Reader in
-// production).
-func NewDEK(rand io.Reader) (Key, error) {
+// NewDEK returns KeySize random bytes from rnd (nil: crypto/rand; tests
+// inject a deterministic reader to produce byte-exact vectors).
+func NewDEK(rnd io.Reader) (Key, error) {
+	if rnd == nil {
+		rnd = rand.Reader
+	}
 	k := make(Key, KeySize)
-	if _, err := io.ReadFull(rand, k); err != nil {
+	if _, err := io.ReadFull(rnd, k); err != nil {
 		return nil, fmt.Errorf("generate DEK: %w", err)
 	}
 	return k, nil
@@ -80,18 +90,39 @@ func newGCM(key []byte, nonceSize int) (cipher.AEAD, error) {
 	return cipher.NewGCMWithNonceSize(blk, nonceSize)
 }
 
+// checkKEKID enforces what a header and a policy can store: 1..MaxKEKIDLen
+// bytes of UTF-8 (a KMIP Unique Identifier is a text string, and the JSON
+// policy could not carry other bytes unchanged).
+func checkKEKID(kekID string) error {
+	if len(kekID) == 0 || len(kekID) > MaxKEKIDLen {
+		return fmt.Errorf("KEK id length %d not in 1..%d: %w", len(kekID), MaxKEKIDLen, ErrHeader)
+	}
+	if !utf8.ValidString(kekID) {
+		return fmt.Errorf("KEK id %q is not UTF-8: %w", kekID, ErrHeader)
+	}
+	return nil
+}
+
 // WrapDEK encrypts dek under kek with AES-256-GCM, binding kekID and vm.
-// The result is nonce ‖ ciphertext ‖ tag (WrappedDEKSize bytes).
-func WrapDEK(kek, dek []byte, kekID string, vm VMID, rand io.Reader) ([]byte, error) {
+// The result is nonce ‖ ciphertext ‖ tag (WrappedDEKSize bytes). rnd supplies
+// the 12-byte nonce (nil: crypto/rand). kekID must be storable in a header
+// (1..MaxKEKIDLen bytes of UTF-8), else ErrHeader.
+func WrapDEK(kek, dek []byte, kekID string, vm VMID, rnd io.Reader) ([]byte, error) {
 	if len(dek) != KeySize {
 		return nil, fmt.Errorf("DEK is %d bytes, want %d: %w", len(dek), KeySize, ErrHeader)
+	}
+	if err := checkKEKID(kekID); err != nil {
+		return nil, fmt.Errorf("wrap DEK: %w", err)
+	}
+	if rnd == nil {
+		rnd = rand.Reader
 	}
 	aead, err := newGCM(kek, wrapNonceSize)
 	if err != nil {
 		return nil, fmt.Errorf("wrap DEK: %w", err)
 	}
 	out := make([]byte, wrapNonceSize, WrappedDEKSize)
-	if _, err := io.ReadFull(rand, out); err != nil {
+	if _, err := io.ReadFull(rnd, out); err != nil {
 		return nil, fmt.Errorf("wrap DEK nonce: %w", err)
 	}
 	return aead.Seal(out, out[:wrapNonceSize], dek, wrapAAD(kekID, vm)), nil

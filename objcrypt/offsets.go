@@ -1,6 +1,9 @@
 package objcrypt
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // All plaintext<->ciphertext arithmetic lives in this file. Names say which
 // side a quantity is on: plain* is what users see through the mount, cipher*
@@ -23,9 +26,24 @@ const (
 	HeaderRegionSize = 4096
 )
 
+// maxCipherBody is the most block bytes a backing file can hold when its size
+// must fit an off_t (int64).
+const maxCipherBody = math.MaxInt64 - HeaderRegionSize
+
+// MaxPlainSize is the largest plaintext size whose backing file size fits in
+// an int64 (off_t). File systems must refuse larger sizes (EFBIG); below it
+// every function in this file is exact and overflow-free.
+const MaxPlainSize = maxCipherBody/CipherBlockSize*PlainBlockSize +
+	max(0, maxCipherBody%CipherBlockSize-BlockOverhead)
+
 // CipherSizeFromPlain returns the backing file size of an object holding
-// plainSize bytes.
+// plainSize bytes. For plainSize > MaxPlainSize it returns math.MaxUint64, a
+// size no file can have, so a caller that forgot the limit gets an error from
+// the OS instead of a silently wrapped (smaller) size.
 func CipherSizeFromPlain(plainSize uint64) uint64 {
+	if plainSize > MaxPlainSize {
+		return math.MaxUint64
+	}
 	full := plainSize / PlainBlockSize
 	rest := plainSize % PlainBlockSize
 	size := HeaderRegionSize + full*CipherBlockSize
@@ -64,19 +82,24 @@ func BlockOfPlainOffset(plainOff uint64) uint64 { return plainOff / PlainBlockSi
 func PlainOffsetOfBlock(block uint64) uint64 { return block * PlainBlockSize }
 
 // CipherOffsetOfBlock returns the backing file offset where block is stored.
+// It is exact for every block of an object of at most MaxPlainSize bytes.
 func CipherOffsetOfBlock(block uint64) uint64 {
 	return HeaderRegionSize + block*CipherBlockSize
 }
 
 // BlockRange returns the first block and the number of blocks touched by the
-// plaintext range [plainOff, plainOff+length). A zero length touches none.
+// plaintext range [plainOff, plainOff+length). A zero length touches none. A
+// range running past 2^64-1 is cut there rather than wrapped around.
 func BlockRange(plainOff, length uint64) (first, count uint64) {
-	if length == 0 {
-		return BlockOfPlainOffset(plainOff), 0
-	}
 	first = BlockOfPlainOffset(plainOff)
-	last := BlockOfPlainOffset(plainOff + length - 1)
-	return first, last - first + 1
+	if length == 0 {
+		return first, 0
+	}
+	end := plainOff + length - 1 // last byte of the range
+	if end < plainOff {
+		end = math.MaxUint64
+	}
+	return first, BlockOfPlainOffset(end) - first + 1
 }
 
 // PlainBlocks returns how many blocks (the last possibly partial) an object

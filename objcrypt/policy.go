@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -39,8 +40,8 @@ func (p *Policy) validate() error {
 	if p.Version != PolicyVersion1 {
 		return fmt.Errorf("policy version %d: %w", p.Version, ErrVersion)
 	}
-	if len(p.KEKID) == 0 || len(p.KEKID) > MaxKEKIDLen {
-		return fmt.Errorf("policy KEK id length %d not in 1..%d: %w", len(p.KEKID), MaxKEKIDLen, ErrHeader)
+	if err := checkKEKID(p.KEKID); err != nil {
+		return fmt.Errorf("policy: %w", err)
 	}
 	if len(p.WrappedDEK) != WrappedDEKSize {
 		return fmt.Errorf("policy wrapped DEK length %d, want %d: %w", len(p.WrappedDEK), WrappedDEKSize, ErrHeader)
@@ -48,7 +49,11 @@ func (p *Policy) validate() error {
 	return nil
 }
 
-// ParsePolicy decodes and validates a policy xattr value.
+// ParsePolicy decodes and validates a policy xattr value. Unlike the binary
+// header it accepts any JSON spelling of the object (field order, white
+// space, escapes), because admins may write it by hand through the mount;
+// MarshalBinary of the result is the canonical form (FuzzParsePolicy checks
+// that it is a fixed point). Unknown fields and trailing data are errors.
 func ParsePolicy(b []byte) (*Policy, error) {
 	if len(b) > MaxPolicySize {
 		return nil, fmt.Errorf("policy of %d bytes exceeds %d: %w", len(b), MaxPolicySize, ErrHeader)
@@ -59,7 +64,9 @@ func ParsePolicy(b []byte) (*Policy, error) {
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("policy: %v: %w", err, ErrHeader)
 	}
-	if dec.More() {
+	// Only white space may follow the object. (dec.More alone would accept a
+	// trailing '}' or ']'.)
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("policy has trailing data: %w", ErrHeader)
 	}
 	if err := p.validate(); err != nil {

@@ -2,21 +2,52 @@ package objcrypt
 
 import (
 	"runtime"
+	"slices"
 	"sync"
 )
 
 // DefaultParallelThreshold is the request size (plaintext bytes) from which
 // bulk crypto is split over the pool; smaller requests stay inline because
-// the hand-off costs more than it saves. Chosen by BenchmarkPool.
+// the hand-off costs more than it saves. Chosen by BenchmarkThreshold (see
+// docs/BENCHMARKS.md); gocryptfs measured the same order, ~32 blocks.
 const DefaultParallelThreshold = 32 * PlainBlockSize
 
 // Pool is a fixed set of worker goroutines that encrypt or decrypt the
-// blocks of large requests in parallel.
+// blocks of large requests in parallel. One Pool is shared by every open
+// file; it is safe for concurrent use. A request is cut into at most
+// Workers() contiguous chunks: the calling goroutine does one itself and
+// hands the others to the workers, so a pool of one worker is the same as
+// inline and no goroutine idles while its request is being served.
 type Pool struct {
-	workers   int
-	minBytes  int
-	jobs      chan func()
-	closeOnce sync.Once
+	workers  int
+	minBytes int
+	jobs     chan *poolTask
+	batches  sync.Pool // *poolBatch, so a request allocates nothing
+
+	mu     sync.RWMutex // shared while submitting, exclusive in Close
+	closed bool
+}
+
+// poolBatch is one request in flight.
+type poolBatch struct {
+	o       *Object
+	encrypt bool
+	in, out []byte // out is pre-sized; block i goes to out[base+i*outBlock:]
+	base    int
+	first   uint64
+	nBlocks int
+	per     int // blocks per chunk
+
+	failAt []int   // per chunk: index of the failed block
+	errs   []error // per chunk: first error
+	tasks  []poolTask
+	wg     sync.WaitGroup
+}
+
+// poolTask is chunk c of batch b.
+type poolTask struct {
+	b *poolBatch
+	c int
 }
 
 // NewPool starts workers goroutines (<= 0: one per core). Requests below
@@ -28,103 +59,133 @@ func NewPool(workers, minBytes int) *Pool {
 	if minBytes <= 0 {
 		minBytes = DefaultParallelThreshold
 	}
-	p := &Pool{workers: workers, minBytes: minBytes, jobs: make(chan func(), workers)}
+	p := &Pool{workers: workers, minBytes: minBytes, jobs: make(chan *poolTask, workers)}
+	p.batches.New = func() any {
+		return &poolBatch{
+			failAt: make([]int, workers),
+			errs:   make([]error, workers),
+			tasks:  make([]poolTask, workers),
+		}
+	}
 	for range workers {
 		go func() {
-			for job := range p.jobs {
-				job()
+			for t := range p.jobs {
+				t.b.run(t.c)
+				t.b.wg.Done()
 			}
 		}()
 	}
 	return p
 }
 
-// Close stops the workers. Requests must not be in flight.
-func (p *Pool) Close() { p.closeOnce.Do(func() { close(p.jobs) }) }
+// Close stops the workers once they have finished the chunks already handed
+// to them. Requests made after Close still succeed, inline.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.jobs)
+	}
+}
 
 // Workers returns the number of worker goroutines.
 func (p *Pool) Workers() int { return p.workers }
 
 func (p *Pool) threshold() int { return p.minBytes }
 
-// split runs fn over [0, nBlocks) in about p.workers contiguous chunks and
-// returns the first error by block order.
-func (p *Pool) split(nBlocks int, fn func(from, to int) error) error {
-	chunks := min(p.workers, nBlocks)
-	per := (nBlocks + chunks - 1) / chunks
-	errs := make([]error, chunks)
-	var wg sync.WaitGroup
-	for c := range chunks {
-		from, to := c*per, min((c+1)*per, nBlocks)
-		if from >= to {
-			continue
+// run does chunk c of the batch, stopping at its first failing block.
+func (b *poolBatch) run(c int) {
+	from, to := c*b.per, min((c+1)*b.per, b.nBlocks)
+	for i := from; i < to; i++ {
+		var err error
+		if b.encrypt {
+			pb := b.in[i*PlainBlockSize : min((i+1)*PlainBlockSize, len(b.in))]
+			at := b.base + i*CipherBlockSize
+			_, err = b.o.EncryptBlock(b.out[at:at], pb, b.first+uint64(i))
+		} else {
+			sb := b.in[i*CipherBlockSize : min((i+1)*CipherBlockSize, len(b.in))]
+			at := b.base + i*PlainBlockSize
+			_, err = b.o.DecryptBlock(b.out[at:at], sb, b.first+uint64(i))
 		}
-		wg.Add(1)
-		p.jobs <- func() {
-			defer wg.Done()
-			errs[c] = fn(from, to)
-		}
-	}
-	wg.Wait()
-	for _, err := range errs {
 		if err != nil {
-			return err
+			b.errs[c], b.failAt[c] = err, i
+			return
 		}
 	}
-	return nil
+}
+
+// do runs the batch over the workers and the calling goroutine and returns
+// the output: on failure, dst followed by the blocks before the first failed
+// one (by block order), exactly as the inline loop would.
+func (p *Pool) do(o *Object, encrypt bool, dst, in []byte, nBlocks, outLen int, firstBlock uint64) ([]byte, error) {
+	b := p.batches.Get().(*poolBatch)
+	chunks := min(p.workers, nBlocks)
+	b.o, b.encrypt, b.in, b.first, b.nBlocks = o, encrypt, in, firstBlock, nBlocks
+	b.base = len(dst)
+	b.out = growTo(dst, b.base+outLen)
+	b.per = (nBlocks + chunks - 1) / chunks
+	chunks = (nBlocks + b.per - 1) / b.per // no empty chunk
+	clear(b.errs)
+
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		for c := range chunks {
+			b.run(c)
+		}
+	} else {
+		b.wg.Add(chunks - 1)
+		for c := 1; c < chunks; c++ {
+			b.tasks[c] = poolTask{b: b, c: c}
+			p.jobs <- &b.tasks[c]
+		}
+		p.mu.RUnlock()
+		b.run(0)
+		b.wg.Wait()
+	}
+
+	out, err := b.out, error(nil)
+	for c := range chunks {
+		if b.errs[c] != nil {
+			blk := PlainBlockSize
+			if encrypt {
+				blk = CipherBlockSize
+			}
+			out, err = b.out[:b.base+b.failAt[c]*blk], b.errs[c]
+			break
+		}
+	}
+	// drop references so a pooled batch keeps no caller memory alive
+	b.o, b.in, b.out = nil, nil, nil
+	clear(b.errs)
+	clear(b.tasks)
+	p.batches.Put(b)
+	return out, err
 }
 
 func (p *Pool) encrypt(o *Object, dst, plain []byte, firstBlock uint64) ([]byte, error) {
 	nBlocks := (len(plain) + PlainBlockSize - 1) / PlainBlockSize
-	n := len(dst)
-	out := growTo(dst, n+len(plain)+nBlocks*BlockOverhead)
-	err := p.split(nBlocks, func(from, to int) error {
-		for i := from; i < to; i++ {
-			pb := plain[i*PlainBlockSize : min((i+1)*PlainBlockSize, len(plain))]
-			at := n + i*CipherBlockSize
-			if _, err := o.EncryptBlock(out[at:at], pb, firstBlock+uint64(i)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return dst, err
+	if nBlocks == 0 {
+		return dst, nil
 	}
-	return out, nil
+	return p.do(o, true, dst, plain, nBlocks, len(plain)+nBlocks*BlockOverhead, firstBlock)
 }
 
 func (p *Pool) decrypt(o *Object, dst, stored []byte, firstBlock uint64) ([]byte, error) {
 	nBlocks := (len(stored) + CipherBlockSize - 1) / CipherBlockSize
+	if nBlocks == 0 {
+		return dst, nil
+	}
 	last := len(stored) - (nBlocks-1)*CipherBlockSize
 	if last <= BlockOverhead {
 		// let the inline path produce the precise error for the bad block
 		return o.DecryptBlocks(dst, stored, firstBlock, nil)
 	}
-	n := len(dst)
-	out := growTo(dst, n+len(stored)-nBlocks*BlockOverhead)
-	err := p.split(nBlocks, func(from, to int) error {
-		for i := from; i < to; i++ {
-			sb := stored[i*CipherBlockSize : min((i+1)*CipherBlockSize, len(stored))]
-			at := n + i*PlainBlockSize
-			if _, err := o.DecryptBlock(out[at:at], sb, firstBlock+uint64(i)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return dst, err
-	}
-	return out, nil
+	return p.do(o, false, dst, stored, nBlocks, len(stored)-nBlocks*BlockOverhead, firstBlock)
 }
 
 // growTo returns b extended to length n, reallocating only when cap is short.
 func growTo(b []byte, n int) []byte {
-	if cap(b) >= n {
-		return b[:n]
-	}
-	nb := make([]byte, n)
-	copy(nb, b)
-	return nb
+	return slices.Grow(b, n-len(b))[:n]
 }
