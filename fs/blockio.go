@@ -1,0 +1,403 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cryptds/cryptds/objcrypt"
+	"golang.org/x/sys/unix"
+)
+
+// Block-level I/O of an encrypted object. Every function here runs under the
+// object lock (shared for readAt, exclusive for the rest).
+//
+// Failure rule: a write that returns an error may be lost, but must never
+// leave a stored block that fails authentication. Before overwriting stored
+// blocks we keep their old ciphertext; if the backing store fails midway we
+// write it back and cut the file to its old size. The restore rewrites
+// bytes that are already allocated, so it does not need new space.
+
+const (
+	bs  = objcrypt.PlainBlockSize
+	cbs = objcrypt.CipherBlockSize
+)
+
+// readAt decrypts into dest from plaintext offset off and returns the
+// number of bytes read (short at end of file).
+func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
+	csize, psize, err := f.sizes(false)
+	if err != nil {
+		return 0, err
+	}
+	if off >= psize || len(dest) == 0 {
+		return 0, nil
+	}
+	end := min(off+uint64(len(dest)), psize)
+	first, count := objcrypt.BlockRange(off, end-off)
+	cOff := objcrypt.CipherOffsetOfBlock(first)
+	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
+	cb := f.r.bufs.get(int(cEnd - cOff))
+	defer f.r.bufs.put(cb)
+	n, err := preadFull(f.fd, *cb, int64(cOff))
+	if err != nil {
+		return 0, err
+	}
+	if n < len(*cb) {
+		return 0, fmt.Errorf("%s: backing file shorter than its size: %w", f.n.relPath(), unix.EIO)
+	}
+	pb := f.r.bufs.get(int(count * bs))
+	defer f.r.bufs.put(pb)
+	plain, err := f.o.obj.DecryptBlocks((*pb)[:0], *cb, first, f.r.cfg.Pool)
+	if err != nil {
+		return 0, f.blockError(err)
+	}
+	f.r.stats.decrypted(len(plain))
+	return copy(dest, plain[off-first*bs:end-first*bs]), nil
+}
+
+// blockError logs a block that failed to decrypt (file and block number)
+// and returns the error for the caller (EIO at the FUSE edge).
+func (f *cryptFile) blockError(err error) error {
+	var be *objcrypt.BlockError
+	if errors.As(err, &be) {
+		f.r.stats.authFail.Add(1)
+		f.r.log.Error("cryptds: block failed authentication", "file", f.n.relPath(), "block", be.Block, "err", be.Err)
+	}
+	return fmt.Errorf("%s: %w", f.n.relPath(), err)
+}
+
+// ensureRegion writes the in-file header region of an object whose backing
+// file is still empty (see createEncrypted).
+func (f *cryptFile) ensureRegion(csize uint64) (uint64, error) {
+	if csize != 0 {
+		return csize, nil
+	}
+	hdr, err := f.r.readHeaderInner(f.fd)
+	if err != nil {
+		return 0, err
+	}
+	region, err := hdr.MarshalRegion()
+	if err != nil {
+		return 0, err
+	}
+	if err := pwriteFull(f.fd, region, 0); err != nil {
+		unix.Ftruncate(f.fd, 0)
+		return 0, err
+	}
+	return objcrypt.HeaderRegionSize, nil
+}
+
+// storedBlock reads the stored form of block blk (csize is the backing
+// size) into a pooled buffer; the caller puts it back.
+func (f *cryptFile) storedBlock(blk, csize uint64) (*[]byte, error) {
+	off := objcrypt.CipherOffsetOfBlock(blk)
+	end := min(off+cbs, csize)
+	b := f.r.bufs.get(int(end - off))
+	n, err := preadFull(f.fd, *b, int64(off))
+	if err == nil && n < len(*b) {
+		err = fmt.Errorf("%s: short read of block %d: %w", f.n.relPath(), blk, unix.EIO)
+	}
+	if err != nil {
+		f.r.bufs.put(b)
+		return nil, err
+	}
+	return b, nil
+}
+
+// undo is what restore needs: old ciphertext to put back at offsets, and
+// the backing size to cut back to.
+type undo struct {
+	f     *cryptFile
+	csize uint64
+	saved []savedRange
+}
+
+type savedRange struct {
+	off uint64
+	buf *[]byte
+}
+
+func (u *undo) save(off uint64, b *[]byte) { u.saved = append(u.saved, savedRange{off, b}) }
+
+// restore puts the old stored bytes back and cuts the file to its old size.
+func (u *undo) restore(cause error) {
+	for _, s := range u.saved {
+		if err := pwriteFull(u.f.fd, *s.buf, int64(s.off)); err != nil {
+			u.f.r.log.Error("cryptds: cannot restore blocks after a failed write", "file", u.f.n.relPath(), "cause", cause, "err", err)
+		}
+	}
+	var st unix.Stat_t
+	if unix.Fstat(u.f.fd, &st) == nil && uint64(st.Size) > u.csize {
+		if err := unix.Ftruncate(u.f.fd, int64(u.csize)); err != nil {
+			u.f.r.log.Error("cryptds: cannot cut back after a failed write", "file", u.f.n.relPath(), "cause", cause, "err", err)
+		}
+	}
+}
+
+func (u *undo) release() {
+	for _, s := range u.saved {
+		u.f.r.bufs.put(s.buf)
+	}
+}
+
+// writeAt stores data at plaintext offset off.
+func (f *cryptFile) writeAt(data []byte, off uint64) error {
+	if len(data) == 0 {
+		return nil
+	}
+	csize, psize, err := f.sizes(true)
+	if err != nil {
+		return err
+	}
+	if csize, err = f.ensureRegion(csize); err != nil {
+		return err
+	}
+	end := off + uint64(len(data))
+	newSize := max(psize, end)
+	first, last := off/bs, (end-1)/bs
+	oldBlocks := objcrypt.PlainBlocks(psize)
+	u := &undo{f: f, csize: csize}
+	defer u.release()
+
+	// An old partial last block before the write becomes a full block.
+	if psize%bs != 0 && psize/bs < first {
+		if err := f.rewriteBlock(u, psize/bs, csize, bs, nil); err != nil {
+			u.restore(err)
+			return err
+		}
+	}
+
+	// Old ciphertext of the touched blocks: backup, and the edges' content.
+	cOff := objcrypt.CipherOffsetOfBlock(first)
+	cOldEnd := min(objcrypt.CipherOffsetOfBlock(last+1), csize)
+	var old []byte
+	if cOldEnd > cOff {
+		ob := f.r.bufs.get(int(cOldEnd - cOff))
+		u.save(cOff, ob)
+		n, err := preadFull(f.fd, *ob, int64(cOff))
+		if err == nil && n < len(*ob) {
+			err = fmt.Errorf("%s: short read: %w", f.n.relPath(), unix.EIO)
+		}
+		if err != nil {
+			u.restore(err)
+			return err
+		}
+		old = *ob
+	}
+
+	pStart, pEnd := first*bs, min((last+1)*bs, newSize)
+	pb := f.r.bufs.get(int(pEnd - pStart))
+	defer f.r.bufs.put(pb)
+	plain := *pb
+	headDone := false
+	if off%bs != 0 && first < oldBlocks {
+		if err := f.decryptInto(plain, old, 0, first); err != nil {
+			u.restore(err)
+			return err
+		}
+		headDone = true
+	}
+	if end%bs != 0 && last < oldBlocks && end < psize && !(last == first && headDone) {
+		if err := f.decryptInto(plain, old, last-first, last); err != nil {
+			u.restore(err)
+			return err
+		}
+	}
+	copy(plain[off-pStart:], data)
+
+	cb := f.r.bufs.get(int(objcrypt.CipherSizeFromPlain(pEnd) - objcrypt.CipherSizeFromPlain(pStart)))
+	defer f.r.bufs.put(cb)
+	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], plain, first, f.r.cfg.Pool)
+	if err != nil {
+		u.restore(err)
+		return err
+	}
+	f.r.stats.encrypted(len(plain))
+	if err := pwriteFull(f.fd, enc, int64(cOff)); err != nil {
+		u.restore(err)
+		return err
+	}
+	return nil
+}
+
+// decryptInto decrypts the idx-th stored block of old (block number blk)
+// into plain at idx*bs.
+func (f *cryptFile) decryptInto(plain, old []byte, idx, blk uint64) error {
+	s := old[idx*cbs : min((idx+1)*cbs, uint64(len(old)))]
+	if _, err := f.o.obj.DecryptBlock(plain[idx*bs:idx*bs], s, blk); err != nil {
+		return f.blockError(err)
+	}
+	f.r.stats.decrypted(len(s) - objcrypt.BlockOverhead)
+	return nil
+}
+
+// rewriteBlock re-encrypts stored block blk with plaintext length newLen
+// (zero-extended or cut), zeroing [zeroFrom, zeroTo) first when zero is
+// set. The old stored block is saved in u.
+func (f *cryptFile) rewriteBlock(u *undo, blk, csize, newLen uint64, zero *[2]uint64) error {
+	old, err := f.storedBlock(blk, csize)
+	if err != nil {
+		return err
+	}
+	u.save(objcrypt.CipherOffsetOfBlock(blk), old)
+	pb := f.r.bufs.get(bs)
+	defer f.r.bufs.put(pb)
+	if _, err := f.o.obj.DecryptBlock((*pb)[:0], *old, blk); err != nil {
+		return f.blockError(err)
+	}
+	f.r.stats.decrypted(len(*old) - objcrypt.BlockOverhead)
+	plain := (*pb)[:newLen]
+	if zero != nil {
+		clear(plain[zero[0]:zero[1]])
+	}
+	cb := f.r.bufs.get(cbs)
+	defer f.r.bufs.put(cb)
+	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain, blk)
+	if err != nil {
+		return err
+	}
+	f.r.stats.encrypted(len(plain))
+	return pwriteFull(f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk)))
+}
+
+// truncateLocked sets the plaintext size: a shrink re-encrypts the new
+// partial last block; an extension first re-encrypts an old partial last
+// block to its new length, then extends the backing file, so the new
+// blocks are all-zero stored blocks, which read as zeros (holes).
+func (f *cryptFile) truncateLocked(size uint64) error {
+	csize, psize, err := f.sizes(true)
+	if err != nil {
+		return err
+	}
+	if csize, err = f.ensureRegion(csize); err != nil {
+		return err
+	}
+	if size == psize {
+		return nil
+	}
+	u := &undo{f: f, csize: csize}
+	defer u.release()
+	newCsize := objcrypt.CipherSizeFromPlain(size)
+	if size < psize {
+		if r := size % bs; r != 0 {
+			// Cut first, then write the shorter block over the old one's start.
+			blk := size / bs
+			old, err := f.storedBlock(blk, csize)
+			if err != nil {
+				return err
+			}
+			u.save(objcrypt.CipherOffsetOfBlock(blk), old)
+			if err := f.shrinkBlock(blk, *old, r, newCsize); err != nil {
+				u.restore(err)
+				return err
+			}
+			return nil
+		}
+		if err := unix.Ftruncate(f.fd, int64(newCsize)); err != nil {
+			return fmt.Errorf("ftruncate: %w", err)
+		}
+		return nil
+	}
+	if psize%bs != 0 {
+		blk := psize / bs
+		if err := f.rewriteBlock(u, blk, csize, min(bs, size-blk*bs), nil); err != nil {
+			u.restore(err)
+			return err
+		}
+	}
+	if err := unix.Ftruncate(f.fd, int64(newCsize)); err != nil {
+		err = fmt.Errorf("ftruncate: %w", err)
+		u.restore(err)
+		return err
+	}
+	return nil
+}
+
+// shrinkBlock re-encrypts the first r bytes of stored block old as the new
+// last block and cuts the backing file to newCsize.
+func (f *cryptFile) shrinkBlock(blk uint64, old []byte, r, newCsize uint64) error {
+	pb := f.r.bufs.get(bs)
+	defer f.r.bufs.put(pb)
+	plain, err := f.o.obj.DecryptBlock((*pb)[:0], old, blk)
+	if err != nil {
+		return f.blockError(err)
+	}
+	cb := f.r.bufs.get(cbs)
+	defer f.r.bufs.put(cb)
+	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain[:r], blk)
+	if err != nil {
+		return err
+	}
+	f.r.stats.encrypted(int(r))
+	if err := unix.Ftruncate(f.fd, int64(newCsize)); err != nil {
+		return fmt.Errorf("ftruncate: %w", err)
+	}
+	return pwriteFull(f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk)))
+}
+
+// reserveLocked is fallocate mode 0 / KEEP_SIZE: reserve backing space for
+// the blocks of the range, then (mode 0) extend the plaintext size.
+func (f *cryptFile) reserveLocked(off, size uint64, extend bool) error {
+	if size == 0 {
+		return fmt.Errorf("fallocate of 0 bytes: %w", unix.EINVAL)
+	}
+	csize, psize, err := f.sizes(true)
+	if err != nil {
+		return err
+	}
+	if _, err = f.ensureRegion(csize); err != nil {
+		return err
+	}
+	cOff := objcrypt.CipherOffsetOfBlock(off / bs)
+	cEnd := objcrypt.CipherSizeFromPlain(off + size)
+	if err := unix.Fallocate(f.fd, unix.FALLOC_FL_KEEP_SIZE, int64(cOff), int64(cEnd-cOff)); err != nil {
+		return fmt.Errorf("fallocate: %w", err)
+	}
+	if extend && off+size > psize {
+		return f.truncateLocked(off + size)
+	}
+	return nil
+}
+
+// punchLocked is PUNCH_HOLE|KEEP_SIZE (QEMU discard): blocks wholly inside
+// the range (up to end of file) are punched in the backing file, so they
+// read as zeros and free their space; partly covered edge blocks are
+// re-encrypted with the range zeroed.
+func (f *cryptFile) punchLocked(off, size uint64) error {
+	csize, psize, err := f.sizes(true)
+	if err != nil {
+		return err
+	}
+	end := min(off+size, psize)
+	if size == 0 || off >= end {
+		return nil
+	}
+	first, last := off/bs, (end-1)/bs
+	blockLen := func(b uint64) uint64 { return min(bs, psize-b*bs) }
+	fullFrom, fullTo := first, last+1 // blocks [fullFrom, fullTo) are wholly covered
+	u := &undo{f: f, csize: csize}
+	defer u.release()
+	if off%bs != 0 {
+		to := min(end-first*bs, blockLen(first))
+		if err := f.rewriteBlock(u, first, csize, blockLen(first), &[2]uint64{off % bs, to}); err != nil {
+			u.restore(err)
+			return err
+		}
+		fullFrom = first + 1
+	}
+	if end-last*bs < blockLen(last) && (last != first || off%bs == 0) {
+		if err := f.rewriteBlock(u, last, csize, blockLen(last), &[2]uint64{max(off, last*bs) - last*bs, end - last*bs}); err != nil {
+			u.restore(err)
+			return err
+		}
+		fullTo = last
+	}
+	if fullFrom < fullTo {
+		cOff := objcrypt.CipherOffsetOfBlock(fullFrom)
+		cEnd := min(objcrypt.CipherOffsetOfBlock(fullTo), csize)
+		if err := unix.Fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(cOff), int64(cEnd-cOff)); err != nil {
+			return fmt.Errorf("punch hole: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,48 @@
+package fs
+
+import (
+	"fmt"
+	"io"
+
+	"golang.org/x/sys/unix"
+)
+
+// preadFull reads until buf is full or the end of the file; it returns how
+// much it read. EINTR is retried.
+func preadFull(fd int, buf []byte, off int64) (int, error) {
+	done := 0
+	for done < len(buf) {
+		n, err := unix.Pread(fd, buf[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, fmt.Errorf("pread at %d: %w", off+int64(done), err)
+		}
+		if n == 0 {
+			break
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// pwriteFull writes all of buf at off. A short write followed by an error
+// returns that error (ENOSPC typically).
+func pwriteFull(fd int, buf []byte, off int64) error {
+	done := 0
+	for done < len(buf) {
+		n, err := unix.Pwrite(fd, buf[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
+		}
+		if n == 0 {
+			return fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
+		}
+		done += n
+	}
+	return nil
+}

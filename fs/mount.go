@@ -1,0 +1,81 @@
+package fs
+
+import (
+	"fmt"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// maxWrite is the largest FUSE request: 1 MiB lets big sequential I/O be
+// split over the crypto pool (PERF.md).
+const maxWrite = 1 << 20
+
+// MountOptions are the mount knobs the command line exposes.
+type MountOptions struct {
+	AllowOther bool   // let other users (QEMU, backup agents) use the mount
+	Debug      bool   // trace every FUSE request to stderr
+	FsName     string // first column of /proc/mounts; default: the backing directory
+}
+
+// attrTimeout is the kernel attribute and entry cache lifetime. The daemon
+// is the only writer of the backing store, so caching is safe; one second
+// (the libfuse default) bounds how long a change made directly on the
+// backing store by an administrator (fsck, restore) stays invisible.
+// Negative lookups are not cached, so a file restored on the backing store
+// shows up at once.
+const attrTimeout = time.Second
+
+// Mount mounts a new Root over mountpoint and returns once the kernel has
+// completed INIT. Use NewRoot and MountRoot to keep the Root (OpenFiles,
+// Stats).
+func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error) {
+	r, err := NewRoot(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return MountRoot(mountpoint, r, mo)
+}
+
+// MountRoot mounts r over mountpoint. It mounts with the mount(2) syscall
+// when possible (no fusermount needed as root) and falls back to
+// fusermount.
+//
+// FUSE passthrough is masked off mount-wide: with it, the kernel would do
+// reads and writes on a backing descriptor itself, bypassing encryption.
+// Async direct I/O is requested so queued O_DIRECT requests (QEMU
+// cache=none, fio iodepth>1) reach the daemon in parallel. Write-back
+// caching stays off: it lets the kernel own size and mtime, which we have
+// not shown safe for encrypted objects.
+func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
+	timeout := attrTimeout
+	fsName := mo.FsName
+	if fsName == "" {
+		fsName = r.cfg.Backing
+	}
+	opts := &gofs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NullPermissions: true,
+		MountOptions: fuse.MountOptions{
+			AllowOther: mo.AllowOther,
+			// The kernel checks permissions against the modes we report,
+			// as a local filesystem would; we never apply a umask again.
+			Options:              []string{"default_permissions"},
+			Debug:                mo.Debug,
+			FsName:               fsName,
+			Name:                 "cryptds",
+			DirectMount:          true,
+			MaxWrite:             maxWrite,
+			MaxBackground:        64,
+			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
+			ExtraCapabilities:    fuse.CAP_ASYNC_DIO,
+		},
+	}
+	server, err := gofs.Mount(mountpoint, r, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)
+	}
+	return server, nil
+}

@@ -1,0 +1,133 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+
+	"github.com/cryptds/cryptds/objcrypt"
+	"golang.org/x/sys/unix"
+)
+
+// objState is an open encrypted object, shared by every handle of one
+// inode: the object AEAD (so no key lookup happens per block) and the lock
+// that keeps blocks untorn. Readers share the lock; anything that rewrites
+// blocks or changes the size holds it exclusively.
+type objState struct {
+	mu   sync.RWMutex
+	obj  *objcrypt.Object
+	id   objcrypt.ObjectID
+	refs int // guarded by the owning node's mu
+}
+
+// acquireObject returns the node's open object for hdr, unwrapping the DEK
+// on first use.
+func (n *node) acquireObject(ctx context.Context, hdr *objcrypt.Header) (*objState, error) {
+	n.mu.Lock()
+	if o := n.obj; o != nil && o.id == hdr.ObjectID {
+		o.refs++
+		n.mu.Unlock()
+		return o, nil
+	}
+	n.mu.Unlock()
+	obj, err := n.r.unwrapObject(ctx, hdr, n.relPath())
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if o := n.obj; o != nil && o.id == hdr.ObjectID {
+		o.refs++
+		return o, nil
+	}
+	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1}
+	n.obj = o
+	return o, nil
+}
+
+func (n *node) releaseObject(o *objState) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	o.refs--
+	if o.refs == 0 && n.obj == o {
+		n.obj = nil
+	}
+}
+
+// unwrapObject fetches the KEK, unwraps the DEK and derives the object key.
+// Key copies are zeroed before returning; failures are logged once with the
+// file and the key id (never key material).
+func (r *Root) unwrapObject(ctx context.Context, hdr *objcrypt.Header, path string) (*objcrypt.Object, error) {
+	kek, err := r.cfg.Keys.KEK(ctx, hdr.KEKID)
+	if err != nil {
+		r.stats.keyErr.Add(1)
+		r.log.Error("cryptds: cannot get KEK", "file", path, "kek", hdr.KEKID, "err", err)
+		return nil, fmt.Errorf("KEK %s for %s: %w", hdr.KEKID, path, err)
+	}
+	defer kek.Zero()
+	dek, err := objcrypt.UnwrapDEK(kek, hdr.WrappedDEK, hdr.KEKID, hdr.VMID)
+	if err != nil {
+		r.stats.keyErr.Add(1)
+		r.log.Error("cryptds: DEK does not unwrap under its KEK", "file", path, "kek", hdr.KEKID, "err", err)
+		return nil, fmt.Errorf("unwrap DEK of %s (%v): %w", path, err, syscall.EKEYREJECTED)
+	}
+	defer dek.Zero()
+	obj, err := objcrypt.NewObject(dek, hdr.ObjectID, r.rand)
+	if err != nil {
+		return nil, fmt.Errorf("object key of %s: %w", path, err)
+	}
+	return obj, nil
+}
+
+// readHeader reads and cross-checks both header copies of an open backing
+// file. A backing size of 0 is an empty object whose region is not written
+// yet (see createEncrypted); any other size below the region is corrupt.
+func (r *Root) readHeader(fd int, path string) (*objcrypt.Header, error) {
+	h, err := r.readHeaderInner(fd)
+	if err != nil {
+		r.stats.hdrErr.Add(1)
+		r.log.Error("cryptds: bad object header", "file", path, "err", err)
+		return nil, fmt.Errorf("header of %s: %w", path, err)
+	}
+	return h, nil
+}
+
+func (r *Root) readHeaderInner(fd int) (*objcrypt.Header, error) {
+	xb := make([]byte, 1024)
+	sz, err := unix.Fgetxattr(fd, xattrHeader, xb)
+	if err != nil {
+		if errors.Is(err, unix.ERANGE) {
+			return nil, fmt.Errorf("header xattr too large: %w", objcrypt.ErrHeader)
+		}
+		return nil, fmt.Errorf("read header xattr: %w", err)
+	}
+	h, err := objcrypt.ParseHeader(xb[:sz])
+	if err != nil {
+		return nil, fmt.Errorf("header xattr: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fstat: %w", err)
+	}
+	if st.Size == 0 {
+		return h, nil
+	}
+	region := make([]byte, objcrypt.HeaderRegionSize)
+	n, err := preadFull(fd, region, 0)
+	if err != nil {
+		return nil, err
+	}
+	if n < len(region) {
+		return nil, fmt.Errorf("backing file of %d bytes is shorter than the header region: %w", st.Size, objcrypt.ErrHeader)
+	}
+	rh, err := objcrypt.ParseRegion(region)
+	if err != nil {
+		return nil, fmt.Errorf("header region: %w", err)
+	}
+	if !h.Equal(rh) {
+		return nil, fmt.Errorf("header xattr and in-file header region disagree: %w", objcrypt.ErrHeader)
+	}
+	return h, nil
+}

@@ -1,0 +1,46 @@
+package fs
+
+import "sync/atomic"
+
+// Stats is a snapshot of the mount's counters, for metrics exporters.
+type Stats struct {
+	BlocksEncrypted      uint64 // blocks sealed (including edge-block rewrites)
+	BytesEncrypted       uint64 // plaintext bytes sealed
+	BlocksDecrypted      uint64 // blocks opened (holes included)
+	BytesDecrypted       uint64 // plaintext bytes opened
+	AuthFailures         uint64 // reads refused because a block did not authenticate
+	KeyErrors            uint64 // opens refused because the KEK or DEK was unavailable or wrong
+	HeaderErrors         uint64 // opens refused because a header was malformed or the two copies disagreed
+	OpenEncryptedHandles int64  // encrypted file handles open right now
+}
+
+type counters struct {
+	blocksEnc, bytesEnc, blocksDec, bytesDec atomic.Uint64
+	authFail, keyErr, hdrErr                 atomic.Uint64
+	openEnc                                  atomic.Int64
+}
+
+// Stats returns the current counters.
+func (r *Root) Stats() Stats {
+	c := &r.stats
+	return Stats{
+		BlocksEncrypted:      c.blocksEnc.Load(),
+		BytesEncrypted:       c.bytesEnc.Load(),
+		BlocksDecrypted:      c.blocksDec.Load(),
+		BytesDecrypted:       c.bytesDec.Load(),
+		AuthFailures:         c.authFail.Load(),
+		KeyErrors:            c.keyErr.Load(),
+		HeaderErrors:         c.hdrErr.Load(),
+		OpenEncryptedHandles: c.openEnc.Load(),
+	}
+}
+
+func (c *counters) encrypted(plainBytes int) {
+	c.blocksEnc.Add(uint64((plainBytes + 4095) / 4096))
+	c.bytesEnc.Add(uint64(plainBytes))
+}
+
+func (c *counters) decrypted(plainBytes int) {
+	c.blocksDec.Add(uint64((plainBytes + 4095) / 4096))
+	c.bytesDec.Add(uint64(plainBytes))
+}
