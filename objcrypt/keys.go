@@ -34,8 +34,14 @@ const (
 	DEKWrapLabel = "cryptds v1 dek wrap"
 )
 
-// Key is secret key material. It redacts itself in fmt and slog output so a
-// stray log line cannot leak it; Zero wipes it when the owner is done.
+// Key is secret key material. It redacts itself in fmt, slog and JSON output
+// so a stray log line cannot leak it; Zero wipes it when the owner is done.
+// To store a key on purpose, convert it: []byte(k).
+//
+// One gap is fmt's, not Key's: fmt does not call methods on unexported
+// struct fields, so printing a struct that holds a Key in an unexported
+// field with %v shows the bytes. Such structs need their own String or
+// LogValue.
 type Key []byte
 
 // String redacts the key.
@@ -49,6 +55,12 @@ func (Key) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "[redacted key
 
 // LogValue redacts the key in slog output.
 func (Key) LogValue() slog.Value { return slog.StringValue("[redacted key]") }
+
+// MarshalJSON redacts the key, so a struct holding one cannot leak it through
+// encoding/json (slog's JSON handler marshals struct values this way).
+// Decoding the result into a Key fails, so nothing silently stores the
+// placeholder in place of a key.
+func (Key) MarshalJSON() ([]byte, error) { return []byte(`"[redacted key]"`), nil }
 
 // Zero overwrites the key bytes.
 func (k Key) Zero() { clear(k) }

@@ -51,7 +51,7 @@ func (p *Policy) validate() error {
 
 // ParsePolicy decodes and validates a policy xattr value. Unlike the binary
 // header it accepts any JSON spelling of the object (field order, white
-// space, escapes), because admins may write it by hand through the mount;
+// space, escapes), so a policy re-encoded by another tool still reads;
 // MarshalBinary of the result is the canonical form (FuzzParsePolicy checks
 // that it is a fixed point). Unknown fields and trailing data are errors.
 func ParsePolicy(b []byte) (*Policy, error) {
