@@ -1,0 +1,234 @@
+package vmctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryptds/cryptds/objcrypt"
+)
+
+// convertVM is Encrypt (toEncrypted) and Decrypt. Every refusal happens before
+// anything changes on disk: not a VM, nothing to do, orphans, hard links,
+// busy, no space. Then the policy is set, leftovers removed and the objects
+// not yet in the target state converted one by one.
+func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted bool) (Report, error) {
+	start := time.Now()
+	v, err := resolveVM(vmPath)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{VM: v.path}
+	unlock, err := lockVM(v)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+
+	pol, err := v.policy()
+	if err != nil {
+		return rep, err
+	}
+	inv, err := v.scan()
+	if err != nil {
+		return rep, err
+	}
+	var todo []object
+	for _, o := range inv.objects {
+		if o.encrypted != toEncrypted {
+			todo = append(todo, o)
+		}
+	}
+	rep.AlreadyDone = len(inv.objects) - len(todo)
+	nothingToDo := len(todo) == 0 && len(inv.leftovers) == 0 && len(inv.orphans) == 0 && pol.encrypted == toEncrypted
+	switch {
+	case nothingToDo && toEncrypted:
+		return rep, fmt.Errorf("%s: %w (kek %s, %d objects)", v.path, ErrAlreadyEncrypted, pol.kek, len(inv.objects))
+	case nothingToDo:
+		return rep, fmt.Errorf("%s: %w (no policy, %d plain objects)", v.path, ErrNotEncrypted, len(inv.objects))
+	}
+	if len(inv.orphans) > 0 {
+		return rep, fmt.Errorf("%s: %w: %s; it may hold the only copy of its data: check it and delete or rename it by hand",
+			v.path, ErrOrphan, strings.Join(inv.orphans, ", "))
+	}
+	var linked []string
+	for _, o := range todo {
+		if o.nlink > 1 {
+			linked = append(linked, fmt.Sprintf("%s (%d links)", o.rel, o.nlink))
+		}
+	}
+	if len(linked) > 0 {
+		return rep, fmt.Errorf("%s: %w: %s; copy and rename would split the links: remove the extra links first",
+			v.path, ErrHardLink, strings.Join(linked, ", "))
+	}
+	if !opts.Force {
+		if open := openWriters(v.path, v.backing); len(open) > 0 {
+			return rep, &BusyError{VM: v.path, Files: open}
+		}
+	}
+	if err := checkSpace(v.backing, todo, toEncrypted); err != nil {
+		return rep, err
+	}
+
+	if pol.encrypted != toEncrypted {
+		value := "none"
+		if toEncrypted {
+			value = "encrypted"
+		}
+		if err := v.setPolicy(value); err != nil {
+			return rep, err
+		}
+		rep.PolicySet = true
+		if pol, err = v.policy(); err != nil {
+			return rep, err
+		}
+		if pol.encrypted != toEncrypted {
+			return rep, fmt.Errorf("%s: %w: policy still reads %v after setting it to %s", v.path, ErrPolicyNotApplied, pol.encrypted, value)
+		}
+	}
+	rep.KEKID = pol.kek
+	for _, l := range inv.leftovers {
+		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return rep, fmt.Errorf("remove leftover %s: %w", l, err)
+		}
+		rep.RemovedLeftovers = append(rep.RemovedLeftovers, l)
+	}
+
+	c := newObjConv()
+	c.hook = opts.testHook
+	c.verify = func(tmp string) error {
+		rel, err := filepath.Rel(v.path, tmp)
+		if err != nil {
+			return err
+		}
+		enc, _, _, err := headerState(filepath.Join(v.backing, rel))
+		if err != nil {
+			return err
+		}
+		if enc != toEncrypted {
+			return fmt.Errorf("%s: %w (copy encrypted=%v; does the policy reach %s?)", tmp, ErrPolicyNotApplied, enc, filepath.Dir(tmp))
+		}
+		return nil
+	}
+	if !opts.Force {
+		c.busy = func(path string) error {
+			rel, _ := filepath.Rel(v.path, path)
+			if open := openWriters(path, filepath.Join(v.backing, rel)); len(open) > 0 {
+				return &BusyError{VM: v.path, Files: open}
+			}
+			return nil
+		}
+	}
+	p := Progress{TotalObjects: len(todo)}
+	ests := make([]int64, len(todo))
+	for i, o := range todo {
+		ests[i] = estimate(o)
+		p.TotalBytes += ests[i]
+	}
+	var base int64
+	for i, o := range todo {
+		var objDone int64
+		p.Object = o.path
+		if opts.Progress != nil {
+			c.progress = func(n int64) {
+				objDone += n
+				p.Bytes = base + min(objDone, ests[i])
+				opts.Progress(p)
+			}
+			opts.Progress(p)
+		}
+		// The backing directory too, so the rename is durable there.
+		c.syncDirs = []string{filepath.Dir(o.backing)}
+		n, err := c.convert(ctx, o.path)
+		if err != nil {
+			rep.Duration = time.Since(start)
+			return rep, fmt.Errorf("convert %s: %w", o.path, err)
+		}
+		rep.Converted++
+		rep.Bytes += n
+		base += ests[i]
+		p.Objects, p.Bytes = i+1, base
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+	}
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// estimate is how many plaintext data bytes converting o will process.
+func estimate(o object) int64 {
+	alloc := o.alloc
+	if o.encrypted {
+		alloc = alloc / objcrypt.CipherBlockSize * objcrypt.PlainBlockSize
+	}
+	return max(0, min(alloc, o.size))
+}
+
+// checkSpace needs room on the backing store for the copy of the largest
+// object (one copy exists at a time).
+func checkSpace(backing string, todo []object, toEncrypted bool) error {
+	var need int64
+	var largest string
+	for _, o := range todo {
+		n := o.alloc
+		if toEncrypted {
+			// Every 4096-byte block grows by nonce and tag, plus the
+			// header region.
+			n = n/objcrypt.PlainBlockSize*objcrypt.CipherBlockSize + n%objcrypt.PlainBlockSize + objcrypt.HeaderRegionSize + objcrypt.CipherBlockSize
+		}
+		if n > need {
+			need, largest = n, o.rel
+		}
+	}
+	if need == 0 {
+		return nil
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(backing, &sfs); err != nil {
+		return fmt.Errorf("statfs %s: %w", backing, err)
+	}
+	avail := int64(sfs.Bavail) * sfs.Bsize
+	if need > avail {
+		return fmt.Errorf("%w: converting %s needs %d bytes (%s) for its copy, %d bytes (%s) are available on %s",
+			ErrNoSpace, largest, need, humanBytes(need), avail, humanBytes(avail), backing)
+	}
+	return nil
+}
+
+// humanBytes formats n in binary units for messages.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// lockVM takes an exclusive flock on the backing VM directory so two
+// conversions of one VM never run at once. The lock dies with the process.
+func lockVM(v *vmDir) (func(), error) {
+	fd, err := unix.Open(v.backing, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s to lock it: %w", v.backing, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w: another conversion of this VM is running", v.path, ErrBusy)
+		}
+		return nil, fmt.Errorf("lock %s: %w", v.backing, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
