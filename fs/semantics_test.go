@@ -1,0 +1,442 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// openRW opens a file through the mount, O_DIRECT so every read and write
+// reaches the daemon unmodified by the page cache.
+func openRW(t *testing.T, path string, extra int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|extra, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func checkContent(t *testing.T, path string, want []byte) {
+	t.Helper()
+	got := mustRead(t, path)
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("%s: content differs at %d (len got %d want %d)", path, i, len(got), len(want))
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Size() != int64(len(want)) {
+		t.Fatalf("%s: size %d, want %d (%v)", path, st.Size(), len(want), err)
+	}
+}
+
+func TestUnalignedWritesAndTruncate(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		tf := newTestFS(t, testOpts{})
+		tf.encDir("vm")
+		path := tf.m("vm/f")
+		extra := 0
+		if direct {
+			extra = syscall.O_DIRECT
+		}
+		f := openRW(t, path, extra)
+		var model []byte
+		apply := func(off int, data []byte) {
+			if _, err := f.WriteAt(data, int64(off)); err != nil {
+				t.Fatalf("write %d+%d: %v", off, len(data), err)
+			}
+			if end := off + len(data); end > len(model) {
+				model = append(model, make([]byte, end-len(model))...)
+			}
+			copy(model[off:], data)
+		}
+		trunc := func(n int) {
+			if err := f.Truncate(int64(n)); err != nil {
+				t.Fatalf("truncate %d: %v", n, err)
+			}
+			if n < len(model) {
+				model = model[:n]
+			} else {
+				model = append(model, make([]byte, n-len(model))...)
+			}
+		}
+		apply(0, randBytes(10))
+		apply(5, randBytes(4096))        // crosses into block 1, extends a partial block
+		apply(3*4096+100, randBytes(50)) // hole between, old partial last block padded
+		apply(4090, randBytes(20))       // edge RMW both sides
+		checkContent(t, path, model)
+		trunc(5000) // shrink into a partial block
+		checkContent(t, path, model)
+		trunc(3 * 4096) // extend: partial block re-encrypted full, rest hole
+		checkContent(t, path, model)
+		trunc(2*4096 + 1)
+		trunc(10*4096 + 7)
+		apply(9*4096, randBytes(5000))
+		trunc(4096)
+		trunc(0)
+		apply(8191, []byte{1})
+		checkContent(t, path, model)
+		// O_TRUNC and O_APPEND
+		g, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Write([]byte("abc"))
+		g.Write([]byte("defg"))
+		g.Close()
+		model = []byte("abcdefg")
+		checkContent(t, path, model)
+		tf.srv.Unmount()
+	}
+}
+
+func TestFallocateAndSeek(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	path := tf.m("vm/disk")
+	f := openRW(t, path, syscall.O_DIRECT)
+	data := randBytes(64 * 4096)
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	bst0, _ := os.Stat(tf.b("vm/disk"))
+	var st0 syscall.Stat_t
+	syscall.Stat(tf.b("vm/disk"), &st0)
+	// discard blocks 8..39 plus unaligned edges
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 8*4096-100, 32*4096+200); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), data...)
+	clear(want[8*4096-100 : 40*4096+100])
+	checkContent(t, path, want)
+	var st1 syscall.Stat_t
+	syscall.Stat(tf.b("vm/disk"), &st1)
+	if st1.Blocks >= st0.Blocks-8*30 {
+		t.Fatalf("punch freed nothing: %d -> %d sectors", st0.Blocks, st1.Blocks)
+	}
+	if bst1, _ := os.Stat(tf.b("vm/disk")); bst1.Size() != bst0.Size() {
+		t.Fatal("punch changed the backing size")
+	}
+	// SEEK_HOLE from 0 finds the punched range; SEEK_DATA from there finds its end
+	hole, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_HOLE)
+	if err != nil || hole < 8*4096 || hole > 10*4096 {
+		t.Fatalf("SEEK_HOLE = %d, %v", hole, err)
+	}
+	dataOff, err := unix.Seek(int(f.Fd()), hole, unix.SEEK_DATA)
+	if err != nil || dataOff < 38*4096 || dataOff > 40*4096 {
+		t.Fatalf("SEEK_DATA = %d, %v", dataOff, err)
+	}
+	if _, err := unix.Seek(int(f.Fd()), 64*4096, unix.SEEK_DATA); !errors.Is(err, unix.ENXIO) {
+		t.Fatalf("SEEK_DATA at EOF: %v", err)
+	}
+	if end, err := unix.Seek(int(f.Fd()), 50*4096, unix.SEEK_HOLE); err != nil || end != 64*4096 {
+		t.Fatalf("SEEK_HOLE in tail = %d %v", end, err)
+	}
+	// KEEP_SIZE reserve: size unchanged
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 60*4096, 20*4096); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, path, want)
+	// mode 0 extends with zeros, from a partial last block
+	f.Truncate(64*4096 + 10)
+	want = append(want, make([]byte, 10)...)
+	if err := unix.Fallocate(int(f.Fd()), 0, 64*4096, 3*4096+5); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, make([]byte, 3*4096+5-10)...)
+	checkContent(t, path, want)
+	// punch to EOF on a partial last block
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 66*4096, 10*4096); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, path, want)
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE, 0, 4096); !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Fatalf("ZERO_RANGE: %v", err)
+	}
+}
+
+func TestODirectUnaligned(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	for _, name := range []string{"vm/e", "p"} {
+		path := tf.m(name)
+		f := openRW(t, path, syscall.O_DIRECT)
+		flags, _ := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		if flags&syscall.O_DIRECT == 0 {
+			t.Fatal("O_DIRECT dropped")
+		}
+		data := randBytes(100000)
+		if _, err := f.WriteAt(data[:8192], 0); err != nil { // aligned
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(data[8192:], 8192); err != nil { // unaligned length
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(data[3:777], 3); err != nil { // unaligned offset
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5000)
+		if n, err := f.ReadAt(buf, 1234); err != nil || n != 5000 || !bytes.Equal(buf, data[1234:6234]) {
+			t.Fatalf("%s: unaligned direct read: %d %v", name, n, err)
+		}
+		checkContent(t, path, data)
+	}
+}
+
+func TestSharedMmap(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	path := tf.m("vm/m")
+	mustWrite(t, path, make([]byte, 3*4096+100))
+	f := openRW(t, path, 0)
+	m, err := unix.Mmap(int(f.Fd()), 0, 3*4096+100, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(m[4000:], "written through mmap")
+	m[3*4096+99] = 'Z'
+	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+		t.Fatal(err)
+	}
+	unix.Munmap(m)
+	f.Close()
+	// read through a fresh O_DIRECT handle, bypassing the page cache
+	g := openRW(t, path, syscall.O_DIRECT)
+	buf := make([]byte, 3*4096+100)
+	g.ReadAt(buf, 0)
+	if string(buf[4000:4020]) != "written through mmap" || buf[3*4096+99] != 'Z' {
+		t.Fatal("mmap writes did not reach the object")
+	}
+}
+
+func TestOFDLockConflict(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	path := tf.m("vm/disk.qcow2")
+	a := openRW(t, path, 0)
+	b := openRW(t, path, 0)
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 100, Len: 100}
+	if err := unix.FcntlFlock(a.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	rl := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 150, Len: 1}
+	if err := unix.FcntlFlock(b.Fd(), unix.F_OFD_SETLK, &rl); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("second opener got %v, want EAGAIN", err)
+	}
+	a.Close()
+	if err := unix.FcntlFlock(b.Fd(), unix.F_OFD_SETLK, &rl); err != nil {
+		t.Fatalf("after holder closed: %v", err)
+	}
+}
+
+func TestLongNamesDeepTree(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	enc := tf.encDir("vm")
+	long := strings.Repeat("n", 255)
+	mustWrite(t, filepath.Join(enc, long), []byte("long"))
+	if string(mustRead(t, filepath.Join(enc, long))) != "long" {
+		t.Fatal("255-char name")
+	}
+	// A tree whose full path exceeds PATH_MAX: walk it with *at calls.
+	dfd, err := unix.Open(enc, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	depth := 0
+	for total := 0; total < 5000; total += 256 {
+		name := strings.Repeat(string(rune('a'+depth%26)), 255)
+		if err := unix.Mkdirat(dfd, name, 0o755); err != nil {
+			t.Fatalf("mkdir depth %d: %v", depth, err)
+		}
+		nfd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatalf("open depth %d: %v", depth, err)
+		}
+		unix.Close(dfd)
+		dfd = nfd
+		depth++
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat(dfd, long, unix.O_CREAT|unix.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("create deep file: %v", err)
+	}
+	unix.Pwrite(fd, []byte("deep data"), 0)
+	unix.Close(fd)
+	if err := unix.Symlinkat("target", dfd, "link"); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Renameat(dfd, long, dfd, "short"); err != nil {
+		t.Fatal(err)
+	}
+	fd, err = unix.Openat(dfd, "short", unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 20)
+	n, _ := unix.Pread(fd, buf, 0)
+	unix.Close(fd)
+	if string(buf[:n]) != "deep data" {
+		t.Fatalf("deep file = %q", buf[:n])
+	}
+	if v, _ := getxattrAlloc(enc, xattrStatus); v == nil || string(v) != "encrypted objects=2" {
+		t.Fatalf("status over deep tree = %q", v)
+	}
+}
+
+func TestLinksRenameAcrossDirs(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vmA")
+	os.Mkdir(tf.m("plain"), 0o755)
+	mustWrite(t, tf.m("vmA/disk"), []byte("encrypted one"))
+	mustWrite(t, tf.m("plain/p"), []byte("plain one"))
+	if err := os.Link(tf.m("vmA/disk"), tf.m("plain/disk-link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tf.m("plain/p"), tf.m("vmA/p")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tf.m("vmA/disk"), tf.m("plain/disk")); err != nil {
+		t.Fatal(err)
+	}
+	if string(mustRead(t, tf.m("plain/disk"))) != "encrypted one" || string(mustRead(t, tf.m("plain/disk-link"))) != "encrypted one" {
+		t.Fatal("moved encrypted file")
+	}
+	if !isEncryptedBacking(t, tf.b("plain/disk")) || isEncryptedBacking(t, tf.b("vmA/p")) {
+		t.Fatal("header did not travel with the file")
+	}
+	if string(mustRead(t, tf.m("vmA/p"))) != "plain one" {
+		t.Fatal("moved plain file")
+	}
+	// write through one link, read through the other
+	g := openRW(t, tf.m("plain/disk-link"), 0)
+	g.WriteAt([]byte("E"), 0)
+	g.Close()
+	if string(mustRead(t, tf.m("plain/disk"))) != "Encrypted one" {
+		t.Fatal("hard link not the same object")
+	}
+	st, _ := os.Stat(tf.m("plain/disk"))
+	if st.Sys().(*syscall.Stat_t).Nlink != 2 {
+		t.Fatal("nlink")
+	}
+}
+
+func TestMetadataOps(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	p := tf.m("vm/f")
+	mustWrite(t, p, randBytes(10000))
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, 1234, 5678); err != nil {
+		t.Fatal(err)
+	}
+	mt := time.Unix(1500000000, 123)
+	if err := os.Chtimes(p, mt, mt); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o600 || st.Uid != 1234 || st.Gid != 5678 || st.Mtim.Sec != 1500000000 || st.Mtim.Nsec != 123 {
+		t.Fatalf("stat = %+v", st)
+	}
+	var bst syscall.Stat_t
+	syscall.Stat(tf.b("vm/f"), &bst)
+	if st.Size != 10000 || st.Blocks == 0 || st.Blocks >= bst.Blocks {
+		t.Fatalf("size/blocks in plaintext terms: size %d blocks %d", st.Size, st.Blocks)
+	}
+	// mode 0000 stays 0000 and umask is not applied twice
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	mustWrite(t, tf.m("vm/open"), nil)
+	os.Chmod(tf.m("vm/open"), 0)
+	if s, _ := os.Stat(tf.m("vm/open")); s.Mode().Perm() != 0 {
+		t.Fatalf("mode 0000 became %v", s.Mode())
+	}
+	f, _ := os.OpenFile(tf.m("vm/m777"), os.O_CREATE|os.O_WRONLY, 0o777)
+	f.Close()
+	os.Mkdir(tf.m("vm/d777"), 0o777)
+	for _, n := range []string{"vm/m777", "vm/d777"} {
+		if s, _ := os.Stat(tf.m(n)); s.Mode().Perm() != 0o777 {
+			t.Fatalf("%s: mode %v, want 0777 (daemon umask applied?)", n, s.Mode())
+		}
+	}
+	if err := syscall.Mkfifo(tf.m("vm/fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mknod(tf.m("vm/null"), syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	var nst syscall.Stat_t
+	syscall.Stat(tf.m("vm/null"), &nst)
+	if nst.Rdev != unix.Mkdev(1, 3) {
+		t.Fatal("rdev")
+	}
+	if err := syscall.Mknod(tf.m("vm/reg"), syscall.S_IFREG|0o644, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !isEncryptedBacking(t, tf.b("vm/reg")) {
+		t.Fatal("mknod S_IFREG in encrypted dir made a plain file")
+	}
+	if err := os.Symlink("f", tf.m("vm/sl")); err != nil {
+		t.Fatal(err)
+	}
+	if tgt, _ := os.Readlink(tf.m("vm/sl")); tgt != "f" {
+		t.Fatal("readlink")
+	}
+	var sfs, bfs unix.Statfs_t
+	unix.Statfs(tf.mnt, &sfs)
+	unix.Statfs(tf.back, &bfs)
+	if sfs.Blocks != bfs.Blocks {
+		t.Fatal("statfs")
+	}
+	entries, _ := os.ReadDir(tf.m("vm"))
+	for _, e := range entries {
+		if e.Name() == "f" {
+			info, _ := e.Info()
+			if info.Size() != 10000 {
+				t.Fatalf("readdir size %d", info.Size())
+			}
+		}
+	}
+}
+
+func TestOpenFilesAndStats(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	a := openRW(t, tf.m("vm/a"), 0)
+	p := openRW(t, tf.m("p"), 0)
+	r, _ := os.Open(tf.m("vm/a"))
+	got := strings.Join(tf.root.OpenFiles(), ",")
+	if got != "p,vm/a" {
+		t.Fatalf("OpenFiles = %q", got)
+	}
+	if s := tf.root.Stats(); s.OpenEncryptedHandles != 2 {
+		t.Fatalf("open handles = %d", s.OpenEncryptedHandles)
+	}
+	a.Write(randBytes(8192))
+	a.Close()
+	p.Close()
+	r.Close()
+	time.Sleep(50 * time.Millisecond) // RELEASE is asynchronous
+	if got := tf.root.OpenFiles(); len(got) != 0 {
+		t.Fatalf("OpenFiles after close = %q", got)
+	}
+	if s := tf.root.Stats(); s.BlocksEncrypted < 2 || s.OpenEncryptedHandles != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
