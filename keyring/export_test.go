@@ -1,0 +1,14 @@
+package keyring
+
+// Test hooks. They live in a _test file so they never reach the API.
+
+// EncodeValueForTest is the badger value layout, for the control half of
+// the at-rest search test.
+func EncodeValueForTest(key []byte, exp int64) []byte { return encodeValue(key, exp) }
+
+// KeyPrefixForTest is the badger key namespace.
+const KeyPrefixForTest = keyPrefix
+
+// WaitRefreshes waits for background refreshes started so far. Call it only
+// while no other goroutine uses r.
+func WaitRefreshes(r *Ring) { r.wg.Wait() }
