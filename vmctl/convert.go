@@ -1,14 +1,17 @@
 package vmctl
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/pkg/xattr"
 	"golang.org/x/sys/unix"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -93,6 +96,9 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 		}
 	}
 	rep.KEKID = pol.kek
+	if err := v.propagatePolicy(toEncrypted); err != nil {
+		return rep, err
+	}
 	for _, l := range inv.leftovers {
 		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return rep, fmt.Errorf("remove leftover %s: %w", l, err)
@@ -231,4 +237,52 @@ func lockVM(v *vmDir) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", v.backing, err)
 	}
 	return func() { unix.Close(fd) }, nil
+}
+
+// propagatePolicy makes the subdirectories of the VM agree with its policy,
+// so copies written there get the right state. The filesystem gives a new
+// subdirectory its parent's policy at mkdir; subdirectories that existed
+// before the VM was encrypted have none, and setting "encrypted" on them
+// through the mount would create another key. So, as the filesystem does at
+// mkdir, the VM directory's policy record is copied to them in the backing
+// store (the CLI runs as root on the host). Decrypt removes the policy of
+// each subdirectory through the mount.
+func (v *vmDir) propagatePolicy(toEncrypted bool) error {
+	var raw []byte
+	if toEncrypted {
+		var err error
+		if raw, err = xattr.Get(v.backing, PolicyAttr); err != nil {
+			return fmt.Errorf("read policy record of %s: %w", v.backing, err)
+		}
+	}
+	return filepath.WalkDir(v.backing, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() || p == v.backing {
+			return nil
+		}
+		cur, err := xattr.Get(p, PolicyAttr)
+		has := err == nil
+		if err != nil && !errors.Is(err, xattr.ENOATTR) {
+			return fmt.Errorf("read policy of %s: %w", p, err)
+		}
+		switch {
+		case toEncrypted && !has:
+			if err := xattr.Set(p, PolicyAttr, raw); err != nil {
+				return fmt.Errorf("give subdirectory %s the VM policy: %w", p, err)
+			}
+		case toEncrypted && !bytes.Equal(cur, raw):
+			// Its own key (made by hand); copies there use it.
+		case !toEncrypted && has:
+			rel, err := filepath.Rel(v.backing, p)
+			if err != nil {
+				return err
+			}
+			if err := xattr.Set(filepath.Join(v.path, rel), PolicyAttr, []byte("none")); err != nil {
+				return fmt.Errorf("remove policy of subdirectory %s: %w", filepath.Join(v.path, rel), err)
+			}
+		}
+		return nil
+	})
 }

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/cryptds/cryptds/vmctl"
+)
+
+// progressInterval is how often progress lines are printed when stderr is
+// not a terminal (logs, CI, scripts).
+const progressInterval = 5 * time.Second
+
+func vmCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vm",
+		Usage: "encrypt, decrypt, list and inspect VMs on a mounted datastore",
+		Description: "A VM is a directory directly under the root of a cryptds mount. These commands\n" +
+			"work through the mount (which must be running) and read the backing store to tell\n" +
+			"encrypted objects from plain ones, so they run as root on the host of the mount.\n\n" +
+			"Examples:\n   cryptds vm list /mnt/ds\n   cryptds vm encrypt /mnt/ds/vm1\n   cryptds vm status --json /mnt/ds/vm1",
+		ArgsUsage: "encrypt|decrypt|list|status [--help] ARGS",
+		Subcommands: []*cli.Command{
+			vmConvertCommand(true),
+			vmConvertCommand(false),
+			vmListCommand(),
+			vmStatusCommand(),
+		},
+	}
+}
+
+func vmConvertCommand(encrypt bool) *cli.Command {
+	name, verb, desc := "decrypt", "decrypting", "Removes the VM's encryption policy and converts every encrypted object back to a\n"+
+		"plain one (the vSphere \"Datastore default\" policy). Exit 6 when the VM is not encrypted."
+	convert, usage := vmctl.Decrypt, "decrypt a VM: remove its policy, then convert its encrypted objects back to plain"
+	if encrypt {
+		name, verb, desc = "encrypt", "encrypting", "Sets the VM's encryption policy (the mount creates its key in the KMS) and converts\n"+
+			"every plain object to an encrypted one. Exit 6 when the VM is already encrypted."
+		convert, usage = vmctl.Encrypt, "encrypt a VM: set its policy, then convert its existing plain objects"
+	}
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "VMDIR",
+		Description: desc + "\n\n" +
+			"Each object is copied through the mount next to itself (" + vmctl.TempPrefix + "NAME), fsync'd\n" +
+			"and renamed over the original, so a crash or Ctrl-C leaves the old or the new object,\n" +
+			"never a broken one; running the command again removes leftovers and finishes the job.\n" +
+			"Holes are not copied: a sparse disk image stays sparse. Refuses (exit 3) while a process\n" +
+			"has an object of the VM open for writing, i.e. while the VM runs; objects with hard links\n" +
+			"are refused; free space for the largest object is checked before anything changes.\n\n" +
+			"Example:\n   cryptds vm " + name + " /mnt/ds/vm1",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "convert even if objects are open for writing (only when those writers are not the VM: their later writes would be lost)"},
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(ExitUsage, fmt.Errorf("vm %s needs exactly one VMDIR, got %d arguments", name, c.NArg()))
+			}
+			path := c.Args().First()
+			pr := newProgressReporter(c.App.ErrWriter, verb+" "+filepath.Base(path))
+			rep, err := convert(c.Context, path, vmctl.Options{Force: c.Bool("force"), Progress: pr.update})
+			pr.finish(err == nil)
+			if err != nil {
+				if c.Context.Err() != nil {
+					err = fmt.Errorf("interrupted (the objects converted so far are done, the rest untouched; run the command again to finish): %w", err)
+				}
+				return vmExit(err)
+			}
+			printReport(c.App.Writer, name+"ed", rep)
+			return nil
+		},
+	}
+}
+
+// vmExit gives vmctl's errors their exit codes (README "Exit codes").
+func vmExit(err error) error {
+	switch {
+	case errors.Is(err, vmctl.ErrNotVM), errors.Is(err, vmctl.ErrNotEncrypted), errors.Is(err, vmctl.ErrAlreadyEncrypted):
+		return withCode(ExitNotFound, err)
+	case errors.Is(err, vmctl.ErrNotMount), errors.Is(err, vmctl.ErrBusy):
+		return withCode(ExitMount, err)
+	}
+	return withCode(ExitFailure, err)
+}
+
+func printReport(w io.Writer, done string, r vmctl.Report) {
+	secs := r.Duration.Seconds()
+	rate := 0.0
+	if secs > 0 {
+		rate = float64(r.Bytes) / 1e6 / secs
+	}
+	fmt.Fprintf(w, "%s %s: %d objects converted (%d already were), %s copied in %.1fs (%.1f MB/s)\n",
+		done, r.VM, r.Converted, r.AlreadyDone, humanBytes(r.Bytes), secs, rate)
+	if r.KEKID != "" {
+		fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
+	}
+	if n := len(r.RemovedLeftovers); n > 0 {
+		fmt.Fprintf(w, "  removed %d leftover(s) of an interrupted run\n", n)
+	}
+}
+
+func vmListCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "list",
+		Usage:     "one line per VM of a mounted datastore: state, key, KMS, objects, size",
+		ArgsUsage: "MOUNTPOINT",
+		Description: "States: encrypted (policy set, every object encrypted), plain, mixed (policy and\n" +
+			"objects disagree: run vm encrypt or vm decrypt), converting (leftovers of an\n" +
+			"interrupted conversion: run it again). SIZE is the plaintext size.\n\n" +
+			"Examples:\n   cryptds vm list /mnt/ds\n   cryptds vm list --json /mnt/ds | jq -r '.[] | select(.state != \"encrypted\") | .name'",
+		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON array"}},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(ExitUsage, fmt.Errorf("vm list needs exactly one MOUNTPOINT, got %d arguments", c.NArg()))
+			}
+			vms, err := vmctl.List(c.Args().First())
+			if err != nil {
+				return vmExit(err)
+			}
+			if c.Bool("json") {
+				if vms == nil {
+					vms = []vmctl.VMInfo{}
+				}
+				return writeJSON(c.App.Writer, vms)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tKEK\tKMS\tOBJECTS\tSIZE")
+			for _, v := range vms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, dash(v.KEKID), dash(v.KMS), v.Objects, humanBytes(v.Size))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func vmStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "one VM in detail: policy, key, and every object with its state",
+		ArgsUsage: "VMDIR",
+		Description: "Example:\n   cryptds vm status /mnt/ds/vm1\n   cryptds vm status --json /mnt/ds/vm1\n\n" +
+			"Whether an object is encrypted is read from its backing file's header, which the\n" +
+			"mount cannot fake.",
+		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON object"}},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(ExitUsage, fmt.Errorf("vm status needs exactly one VMDIR, got %d arguments", c.NArg()))
+			}
+			st, err := vmctl.Status(c.Args().First())
+			if err != nil {
+				return vmExit(err)
+			}
+			if c.Bool("json") {
+				if st.Files == nil {
+					st.Files = []vmctl.ObjectStatus{}
+				}
+				return writeJSON(c.App.Writer, st)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "vm:       %s\nstate:    %s\npolicy:   %s\n", st.Name, st.State, st.Policy)
+			if st.KEKID != "" {
+				fmt.Fprintf(w, "kek:      %s\nkms:      %s\nvm id:    %s\n", st.KEKID, dash(st.KMS), dash(st.VMID))
+			}
+			fmt.Fprintf(w, "objects:  %d (%d encrypted, %d plain), %s\nbacking:  %s\n\n", st.Objects, st.Encrypted, st.Plain, humanBytes(st.Size), st.Backing)
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "OBJECT\tSTATE\tKEK\tSIZE\tALLOCATED\tNOTE")
+			for _, f := range st.Files {
+				state, note := "plain", f.Problem
+				switch {
+				case f.Leftover:
+					state, note = "leftover", "temp file of an interrupted conversion"
+					if f.Orphan {
+						note = "temp file whose original is gone: check it by hand"
+					}
+				case f.Encrypted:
+					state = "encrypted"
+				}
+				if f.Links > 1 {
+					note = fmt.Sprintf("%d hard links (conversion refuses it)", f.Links)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Path, state, dash(f.KEKID), humanBytes(f.Size), humanBytes(f.Allocated), note)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// humanBytes formats n in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// progressReporter shows a conversion's progress: a bar (bytes, rate, ETA)
+// when w is a terminal, otherwise a plain line every progressInterval so logs
+// stay readable.
+type progressReporter struct {
+	w     io.Writer
+	what  string
+	bar   *progressbar.ProgressBar
+	tty   bool
+	start time.Time
+	last  time.Time
+	p     vmctl.Progress
+}
+
+func newProgressReporter(w io.Writer, what string) *progressReporter {
+	r := &progressReporter{w: w, what: what, start: time.Now()}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		r.tty = true
+	}
+	r.last = r.start
+	return r
+}
+
+// update is the vmctl.Options.Progress hook.
+func (r *progressReporter) update(p vmctl.Progress) {
+	r.p = p
+	if r.tty {
+		if r.bar == nil {
+			r.bar = progressbar.NewOptions64(p.TotalBytes,
+				progressbar.OptionSetDescription(r.what),
+				progressbar.OptionSetWriter(r.w),
+				progressbar.OptionShowBytes(true),
+				progressbar.OptionShowTotalBytes(true),
+				progressbar.OptionSetPredictTime(true),
+				progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionFullWidth(),
+				progressbar.OptionShowElapsedTimeOnFinish(),
+				progressbar.OptionSetRenderBlankState(true),
+				progressbar.OptionOnCompletion(func() { fmt.Fprintln(r.w) }),
+			)
+		}
+		_ = r.bar.Set64(p.Bytes)
+		return
+	}
+	if now := time.Now(); now.Sub(r.last) >= progressInterval {
+		r.last = now
+		r.line(now)
+	}
+}
+
+func (r *progressReporter) line(now time.Time) {
+	p := r.p
+	secs := now.Sub(r.start).Seconds()
+	rate := float64(p.Bytes) / secs
+	pct, eta := 100.0, "-"
+	if p.TotalBytes > 0 {
+		pct = 100 * float64(p.Bytes) / float64(p.TotalBytes)
+	}
+	if rate > 0 && p.TotalBytes > p.Bytes {
+		eta = time.Duration(float64(p.TotalBytes-p.Bytes) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	fmt.Fprintf(r.w, "%s: %s of %s (%.0f%%), %d/%d objects, %.1f MB/s, ETA %s\n",
+		r.what, humanBytes(p.Bytes), humanBytes(p.TotalBytes), pct, p.Objects, p.TotalObjects, rate/1e6, eta)
+}
+
+// finish completes the bar (or prints a last line if lines were printed).
+func (r *progressReporter) finish(ok bool) {
+	switch {
+	case r.bar != nil && ok:
+		_ = r.bar.Finish()
+	case r.bar != nil:
+		_ = r.bar.Exit()
+		fmt.Fprintln(r.w)
+	case !r.tty && r.last != r.start:
+		r.line(time.Now())
+	}
+}
