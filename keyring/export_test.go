@@ -1,5 +1,11 @@
 package keyring
 
+import (
+	"log/slog"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
 // Test hooks. They live in a _test file so they never reach the API.
 
 // EncodeValueForTest is the badger value layout, for the control half of
@@ -12,3 +18,9 @@ const KeyPrefixForTest = keyPrefix
 // WaitRefreshes waits for background refreshes started so far. Call it only
 // while no other goroutine uses r.
 func WaitRefreshes(r *Ring) { r.wg.Wait() }
+
+// PlainBadgerOptionsForTest is the disk cache's badger configuration
+// without encryption: the control for the at-rest search.
+func PlainBadgerOptionsForTest(dir string) badger.Options {
+	return badgerOptions(CacheDisk, dir, nil, slog.New(slog.DiscardHandler))
+}

@@ -266,8 +266,11 @@ func (r *Ring) miss(ctx context.Context, id string) (objcrypt.Key, error) {
 			return nil, err
 		}
 		if leader {
-			k, err := r.resolve(ctx, id, c)
+			k, promoted, err := r.resolve(ctx, id, c)
 			r.finish(id, c, k, err, ctx.Err() != nil)
+			if promoted != nil {
+				r.confirm(id, promoted)
+			}
 		}
 		select {
 		case <-c.done:
@@ -318,15 +321,16 @@ func (r *Ring) finish(id string, c *call, key objcrypt.Key, err error, canceled 
 }
 
 // resolve is the leader's miss path: the hot map again (a flight may just
-// have filled it), then badger, then the KMS. It returns a key the call owns.
-func (r *Ring) resolve(ctx context.Context, id string, c *call) (objcrypt.Key, error) {
+// have filled it), then badger, then the KMS. It returns a key the call
+// owns and, when badger answered, the entry it promoted to the hot map.
+func (r *Ring) resolve(ctx context.Context, id string, c *call) (objcrypt.Key, *entry, error) {
 	now := r.opts.Now()
 	r.mu.Lock()
 	e := r.hot[id]
 	if e != nil && now.UnixNano() < e.expires {
 		k := clone(e.key)
 		r.mu.Unlock()
-		return k, nil
+		return k, nil, nil
 	}
 	delete(r.hot, id)
 	r.mu.Unlock()
@@ -338,19 +342,27 @@ func (r *Ring) resolve(ctx context.Context, id string, c *call) (objcrypt.Key, e
 
 	if k, exp, ok := r.storeGet(id, now); ok {
 		r.stats.badgerHits.Add(1)
-		// Served from badger without the KMS: confirm it in the background
-		// at once (after a restart it may have been revoked meanwhile).
+		// Served without asking the KMS: due for confirmation at once.
 		e := newEntry(clone(k), exp, now.UnixNano())
-		if r.insert(id, c, e) {
-			r.mu.RLock()
-			if r.hot[id] == e {
-				r.maybeRefresh(id, e, now.UnixNano())
-			}
-			r.mu.RUnlock()
+		if !r.insert(id, c, e) {
+			e = nil
 		}
-		return k, nil
+		return k, e, nil
 	}
-	return r.fetchAndCache(ctx, id, c)
+	k, err := r.fetchAndCache(ctx, id, c)
+	return k, nil, err
+}
+
+// confirm starts a background refresh of an entry promoted from badger
+// (after a restart its key may have been revoked meanwhile). It runs once
+// the miss's flight is retired, or the refresh would find it and give up.
+func (r *Ring) confirm(id string, e *entry) {
+	now := r.opts.Now().UnixNano()
+	r.mu.RLock()
+	if r.hot[id] == e {
+		r.maybeRefresh(id, e, now)
+	}
+	r.mu.RUnlock()
 }
 
 // fetchAndCache gets id from the KMS and caches it, or evicts it if the KMS
