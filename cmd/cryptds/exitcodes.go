@@ -1,0 +1,50 @@
+package main
+
+import (
+	"errors"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes are an API (README.md "Exit codes"); scripts branch on them.
+const (
+	ExitOK       = 0 // success
+	ExitFailure  = 1 // anything not listed below
+	ExitUsage    = 2 // bad arguments or flags
+	ExitMount    = 3 // the mountpoint or datastore is unusable (missing, busy, not empty, no xattrs, already mounted)
+	ExitKMS      = 4 // the key server could not be reached or refused us
+	ExitCorrupt  = 5 // fsck/inspect found corruption
+	ExitNotFound = 6 // the path is not what the command needs (not a VM, not encrypted...)
+)
+
+// codedError attaches an exit code to an error without hiding it from
+// errors.Is/As.
+type codedError struct {
+	code int
+	err  error
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
+// withCode marks err with an exit code; nil stays nil.
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &codedError{code: code, err: err}
+}
+
+// exitCode finds the code of the outermost coded error; urfave usage errors
+// map to ExitUsage.
+func exitCode(err error) int {
+	var ce *codedError
+	if errors.As(err, &ce) {
+		return ce.code
+	}
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return ExitFailure
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/cryptds/cryptds/devkms"
+	cfs "github.com/cryptds/cryptds/fs"
+	"github.com/cryptds/cryptds/keyring"
+	"github.com/cryptds/cryptds/kmipclient"
+	"github.com/cryptds/cryptds/objcrypt"
+)
+
+// Defaults of the mount flags, defined once; README's table is checked
+// against them by a test.
+const (
+	defaultStateDir = "/var/lib/cryptds"
+	defaultKeyCache = "memory"
+	defaultKeyTTL   = 24 * time.Hour
+	defaultDevAddr  = "127.0.0.1:5696"
+)
+
+// kmsFlags are shared by every command that talks to the key server.
+func kmsFlags() []cli.Flag {
+	return []cli.Flag{
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "kmip", Usage: "KMIP server `ADDR[,ADDR...]` (host:port), tried in order", EnvVars: []string{"CRYPTDS_KMIP"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "kmip-ca", Usage: "CA certificate `FILE` that signed the KMIP server certificate", EnvVars: []string{"CRYPTDS_KMIP_CA"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "kmip-cert", Usage: "client certificate `FILE` for mutual TLS", EnvVars: []string{"CRYPTDS_KMIP_CERT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "kmip-key", Usage: "client private key `FILE` for mutual TLS", EnvVars: []string{"CRYPTDS_KMIP_KEY"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dev", Usage: "run the built-in dev KMS in-process (NOT for production; state under --state-dir)", EnvVars: []string{"CRYPTDS_DEV"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, Usage: "`DIR` for the dev KMS state and the disk key cache", EnvVars: []string{"CRYPTDS_STATE_DIR"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"CRYPTDS_LOG_FORMAT"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "debug", Usage: "debug logging", EnvVars: []string{"CRYPTDS_DEBUG"}}),
+		&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`; keys are flag names (flags > env vars > file > defaults)", EnvVars: []string{"CRYPTDS_CONFIG"}},
+	}
+}
+
+func mountFlags() []cli.Flag {
+	return append(kmsFlags(),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "key-cache", Value: defaultKeyCache, Usage: "where unwrapped keys are cached: memory, disk (encrypted, survives restarts) or off", EnvVars: []string{"CRYPTDS_KEY_CACHE"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "key-ttl", Value: defaultKeyTTL, Usage: "how long a cached key is served without asking the KMS", EnvVars: []string{"CRYPTDS_KEY_TTL"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-other", Usage: "let other users (e.g. libvirt-qemu) use the mount; unix permissions are enforced", EnvVars: []string{"CRYPTDS_ALLOW_OTHER"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
+	)
+}
+
+func mountCommand() *cli.Command {
+	flags := mountFlags()
+	return &cli.Command{
+		Name:      "mount",
+		Usage:     "mount the encrypting view of DATASTORE at MOUNTPOINT (runs in the foreground)",
+		ArgsUsage: "DATASTORE MOUNTPOINT",
+		Description: "Examples:\n" +
+			"   cryptds mount --dev --state-dir /tmp/kms /srv/ds /mnt/ds\n" +
+			"   cryptds mount --kmip kms1:5696,kms2:5696 --kmip-ca ca.pem --kmip-cert host.pem --kmip-key host.key /srv/ds /mnt/ds\n" +
+			"   cryptds mount --config /etc/cryptds/ds1.toml /srv/ds /mnt/ds\n\n" +
+			"The mount is ready when 'mountpoint -q MOUNTPOINT' succeeds. SIGINT or SIGTERM unmount\n" +
+			"cleanly; if files are still open the daemon names them and keeps serving.",
+		Flags:        flags,
+		Before:       altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config")),
+		OnUsageError: usageError,
+		Action:       mountAction,
+	}
+}
+
+// keyStack is everything that serves keys to the filesystem; close releases
+// it in reverse order.
+type keyStack struct {
+	ring   *keyring.Ring
+	client *kmipclient.Client
+	dev    *devkms.Server
+	kmsID  string
+}
+
+func (k *keyStack) close() {
+	if k.ring != nil {
+		_ = k.ring.Close()
+	}
+	if k.client != nil {
+		_ = k.client.Close()
+	}
+	if k.dev != nil {
+		_ = k.dev.Close()
+	}
+}
+
+// openKMS connects to the KMS named by the flags (or starts the dev KMS).
+func openKMS(c *cli.Context, log *slog.Logger) (*keyStack, error) {
+	ks := &keyStack{}
+	cfg := kmipclient.Config{
+		Endpoints: c.StringSlice("kmip"),
+		CAFile:    c.String("kmip-ca"),
+		CertFile:  c.String("kmip-cert"),
+		KeyFile:   c.String("kmip-key"),
+		Logger:    log,
+	}
+	if c.Bool("dev") {
+		if len(cfg.Endpoints) > 0 {
+			return nil, withCode(ExitUsage, errors.New("--dev and --kmip exclude each other"))
+		}
+		dir := filepath.Join(c.String("state-dir"), "devkms")
+		srv, err := devkms.New(devkms.Config{StateDir: dir, Listen: "127.0.0.1:0", Logger: log})
+		if err != nil {
+			return nil, withCode(ExitKMS, fmt.Errorf("start dev KMS: %w", err))
+		}
+		ks.dev = srv
+		cfg.Endpoints = []string{srv.Addr()}
+		cfg.CAFile, cfg.CertFile, cfg.KeyFile = srv.ClientCredentials()
+		log.Warn("using the built-in dev KMS: NOT for production", "state", dir)
+	}
+	if len(cfg.Endpoints) == 0 {
+		return nil, withCode(ExitUsage, errors.New("no key server: give --kmip ADDR (with --kmip-ca/--kmip-cert/--kmip-key) or --dev"))
+	}
+	ks.kmsID = strings.Join(cfg.Endpoints, ",")
+	cl, err := kmipclient.New(c.Context, cfg)
+	if err != nil {
+		ks.close()
+		return nil, withCode(ExitKMS, fmt.Errorf("connect to KMS %s: %w", ks.kmsID, err))
+	}
+	ks.client = cl
+	return ks, nil
+}
+
+func mountAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %d arguments", c.NArg()))
+	}
+	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
+	if err != nil {
+		return err
+	}
+	datastore, err := filepath.Abs(c.Args().Get(0))
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	mnt, err := filepath.Abs(c.Args().Get(1))
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
+	mode, err := keyring.ParseCacheMode(c.String("key-cache"))
+	if err != nil {
+		return withCode(ExitUsage, fmt.Errorf("--key-cache: %w", err))
+	}
+	if err := checkMountpoint(mnt, datastore); err != nil {
+		return err
+	}
+	dsID, err := checkDatastore(datastore)
+	if err != nil {
+		return err
+	}
+
+	ks, err := openKMS(c, log)
+	if err != nil {
+		return err
+	}
+	defer ks.close()
+	pingCtx, cancel := context.WithTimeout(c.Context, 15*time.Second)
+	ver, pingErr := ks.client.Ping(pingCtx)
+	cancel()
+	if pingErr != nil && mode != keyring.CacheDisk {
+		return withCode(ExitKMS, fmt.Errorf("KMS %s unreachable at start and no disk key cache (--key-cache disk) to fall back on: %w", ks.kmsID, pingErr))
+	}
+	if pingErr != nil {
+		log.Warn("KMS unreachable at start; serving keys from the disk cache until it returns", "kms", ks.kmsID, "err", pingErr)
+	} else {
+		log.Info("KMS reachable", "kms", ks.kmsID, "kmip", fmt.Sprint(ver))
+	}
+	ring, err := keyring.Open(ks.client, keyring.Options{
+		Cache:       mode,
+		Dir:         filepath.Join(c.String("state-dir"), "keycache", dsID),
+		HostKeyFile: filepath.Join(c.String("state-dir"), "keycache", "host.key"),
+		TTL:         c.Duration("key-ttl"),
+		Logger:      log,
+	})
+	if err != nil {
+		return withCode(ExitFailure, fmt.Errorf("open key cache: %w", err))
+	}
+	ks.ring = ring
+
+	pool := objcrypt.NewPool(0, 0)
+	defer pool.Close()
+	server, err := cfs.Mount(mnt, cfs.Config{
+		Backing:     datastore,
+		Keys:        ring,
+		Pool:        pool,
+		Logger:      log,
+		DatastoreID: dsID,
+		KMSName:     ks.kmsID,
+	}, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore)})
+	if err != nil {
+		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
+	}
+	log.Info("mounted", "datastore", datastore, "mountpoint", mnt, "datastore_id", dsID, "key_cache", c.String("key-cache"))
+	return serveUntilUnmounted(c.Context, server, mnt, log)
+}
+
+// unmounter is the part of *fuse.Server the signal loop needs.
+type unmounter interface {
+	Unmount() error
+	Wait()
+}
+
+// serveUntilUnmounted waits until the mount goes away (cryptds umount,
+// umount(8)) or a signal asks us to unmount. A busy mount is not forced:
+// the daemon says which files are open and keeps serving.
+func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *slog.Logger) error {
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case <-done:
+			log.Info("unmounted", "mountpoint", mnt)
+			return nil
+		case <-ctxDone:
+			ctxDone = nil // handle once; later requests come as signals
+			tryUnmount(srv, mnt, log)
+		case s := <-sigs:
+			log.Info("signal received, unmounting", "signal", s.String())
+			tryUnmount(srv, mnt, log)
+		}
+	}
+}
+
+func tryUnmount(srv unmounter, mnt string, log *slog.Logger) {
+	if err := srv.Unmount(); err != nil {
+		open := openFilesUnder(mnt)
+		log.Error("cannot unmount: mount is busy; close these files and signal again", "mountpoint", mnt, "err", err, "open_files", open)
+	}
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/pkg/xattr"
+)
+
+// datastoreIDAttr names the backing root's stable random id; KEK names in
+// the KMS include it so two datastores never collide.
+const datastoreIDAttr = "user.cryptds.datastore"
+
+// checkDatastore verifies the backing directory exists and supports user
+// xattrs (the format's header lives in one), and returns its datastore id,
+// creating it on first use.
+func checkDatastore(dir string) (string, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return "", withCode(ExitMount, fmt.Errorf("datastore: %w", err))
+	}
+	if !st.IsDir() {
+		return "", withCode(ExitMount, fmt.Errorf("datastore %s is not a directory", dir))
+	}
+	id, err := xattr.Get(dir, datastoreIDAttr)
+	if err == nil && len(id) > 0 {
+		return string(id), nil
+	}
+	if err != nil && !errors.Is(err, xattr.ENOATTR) {
+		if errors.Is(err, syscall.ENOTSUP) {
+			return "", withCode(ExitMount, fmt.Errorf("datastore %s: the backing filesystem does not support user xattrs, which cryptds needs for its headers (ext4, xfs, btrfs and tmpfs do)", dir))
+		}
+		return "", withCode(ExitMount, fmt.Errorf("datastore %s: read %s: %w", dir, datastoreIDAttr, err))
+	}
+	var b [8]byte
+	if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+		return "", fmt.Errorf("datastore id: %w", err)
+	}
+	newID := "ds-" + hex.EncodeToString(b[:])
+	if err := xattr.Set(dir, datastoreIDAttr, []byte(newID)); err != nil {
+		if errors.Is(err, syscall.ENOTSUP) {
+			return "", withCode(ExitMount, fmt.Errorf("datastore %s: the backing filesystem does not support user xattrs, which cryptds needs for its headers (ext4, xfs, btrfs and tmpfs do)", dir))
+		}
+		return "", withCode(ExitMount, fmt.Errorf("datastore %s: write %s: %w", dir, datastoreIDAttr, err))
+	}
+	return newID, nil
+}
+
+// checkMountpoint refuses a missing, non-directory, non-empty or already
+// mounted mountpoint, and a datastore that is already mounted by cryptds.
+func checkMountpoint(mnt, datastore string) error {
+	st, err := os.Stat(mnt)
+	if err != nil {
+		return withCode(ExitMount, fmt.Errorf("mountpoint: %w", err))
+	}
+	if !st.IsDir() {
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is not a directory", mnt))
+	}
+	mounts, err := readMounts()
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if m.point == mnt {
+			return withCode(ExitMount, fmt.Errorf("mountpoint %s is already a mount point (%s)", mnt, m.source))
+		}
+		if m.source == fsName(datastore) {
+			return withCode(ExitMount, fmt.Errorf("datastore %s is already mounted at %s", datastore, m.point))
+		}
+	}
+	ents, err := os.ReadDir(mnt)
+	if err != nil {
+		return withCode(ExitMount, fmt.Errorf("mountpoint: %w", err))
+	}
+	if len(ents) > 0 {
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is not empty (%d entries); mounting over files would hide them", mnt, len(ents)))
+	}
+	return nil
+}
+
+// fsName is what the kernel mount table shows as the source of our mounts,
+// so an already-mounted datastore can be recognised.
+func fsName(datastore string) string { return "cryptds:" + datastore }
+
+type mountEntry struct{ source, point, fstype string }
+
+// readMounts parses /proc/self/mountinfo (octal escapes decoded).
+func readMounts() ([]mountEntry, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	var out []mountEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		left, right, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		lf, rf := strings.Fields(left), strings.Fields(right)
+		if len(lf) < 5 || len(rf) < 2 {
+			continue
+		}
+		out = append(out, mountEntry{point: unescapeMount(lf[4]), fstype: rf[0], source: unescapeMount(rf[1])})
+	}
+	return out, sc.Err()
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// openFilesUnder lists "path (process pid)" for every file under dir held
+// open by any process, to say why a mount is busy.
+func openFilesUnder(dir string) []string {
+	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	var out []string
+	seen := map[string]bool{}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	for _, fd := range procs {
+		target, err := os.Readlink(fd)
+		if err != nil || (!strings.HasPrefix(target, prefix) && target != dir) {
+			continue
+		}
+		pid := strings.Split(fd, "/")[2]
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		s := fmt.Sprintf("%s (%s pid %s)", target, strings.TrimSpace(string(comm)), pid)
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
