@@ -19,6 +19,9 @@ const KeyPrefixForTest = keyPrefix
 // while no other goroutine uses r.
 func WaitRefreshes(r *Ring) { r.wg.Wait() }
 
+// Sweep runs the janitor's sweep now.
+func Sweep(r *Ring) { r.sweep() }
+
 // PlainBadgerOptionsForTest is the disk cache's badger configuration
 // without encryption: the control for the at-rest search.
 func PlainBadgerOptionsForTest(dir string) badger.Options {

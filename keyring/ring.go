@@ -2,6 +2,7 @@ package keyring
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,9 +53,10 @@ type Ring struct {
 	smu   sync.Mutex
 	store *store // nil in CacheOff mode and once closed
 
-	ctx    context.Context // background refreshes; cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // background refreshes
+	ctx         context.Context // background work; cancelled by Close
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup // background refreshes
+	janitorDone chan struct{}
 
 	stats counters
 }
@@ -116,15 +118,17 @@ func Open(src KeySource, opts Options) (*Ring, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Ring{
-		src:     src,
-		opts:    o,
-		log:     o.Logger.With("component", "keyring"),
-		hot:     make(map[string]*entry),
-		flights: make(map[string]*call),
-		store:   st,
-		ctx:     ctx,
-		cancel:  cancel,
+		src:         src,
+		opts:        o,
+		log:         o.Logger.With("component", "keyring"),
+		hot:         make(map[string]*entry),
+		flights:     make(map[string]*call),
+		store:       st,
+		ctx:         ctx,
+		cancel:      cancel,
+		janitorDone: make(chan struct{}),
 	}
+	go r.janitor()
 	r.log.Debug("key ring open", "cache", o.Cache.String(), "ttl", o.TTL, "refresh", o.Refresh)
 	return r, nil
 }
@@ -143,6 +147,7 @@ func (r *Ring) Close() error {
 	r.mu.Unlock()
 
 	r.cancel()
+	<-r.janitorDone
 	r.wg.Wait()
 	for _, e := range hot {
 		e.release()
@@ -419,9 +424,15 @@ func (r *Ring) insert(id string, c *call, e *entry) bool {
 	}
 	old := r.hot[id]
 	r.hot[id] = e
+	changed := old != nil && subtle.ConstantTimeCompare(old.key, e.key) != 1
 	r.mu.Unlock()
 	if old != nil {
 		old.release()
+	}
+	if changed {
+		// A KEK id names one key forever; new bytes mean a broken or
+		// impersonated KMS, and DEKs wrapped earlier will not unwrap.
+		r.log.Error("the KMS returned different bytes for a cached KEK id", "kek", id)
 	}
 	return true
 }
@@ -511,7 +522,7 @@ func (r *Ring) refresh(id string, e *entry) {
 	r.fmu.Unlock()
 
 	k, err := r.fetchAndCache(r.ctx, id, c)
-	if err != nil && !errors.Is(err, ErrKeyUnusable) {
+	if err != nil && !errors.Is(err, ErrKeyUnusable) && r.ctx.Err() == nil {
 		retry := min(refreshRetry, r.opts.Refresh)
 		e.refreshAt.Store(r.opts.Now().Add(retry).UnixNano())
 		r.log.Warn("KEK refresh failed; serving the cached key until it expires",
@@ -520,6 +531,44 @@ func (r *Ring) refresh(id string, e *entry) {
 	e.refreshing.Store(false)
 	r.finish(id, c, k, err, false)
 	c.release()
+}
+
+// janitor sweeps expired keys out of the hot map every sweepInterval, so a
+// key nobody asks for again is zeroed at its TTL rather than at Close.
+func (r *Ring) janitor() {
+	defer close(r.janitorDone)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+			r.sweep()
+		}
+	}
+}
+
+// sweepInterval is the janitor's period (real time). Expired entries are
+// never served whatever it is; it only bounds how long their bytes linger.
+const sweepInterval = time.Minute
+
+// sweep drops and zeroes the expired entries of the hot map.
+func (r *Ring) sweep() {
+	now := r.opts.Now().UnixNano()
+	var expired []*entry
+	r.mu.Lock()
+	for id, e := range r.hot {
+		if now >= e.expires {
+			delete(r.hot, id)
+			expired = append(expired, e)
+		}
+	}
+	r.mu.Unlock()
+	for _, e := range expired {
+		e.release()
+		r.stats.expirations.Add(1)
+	}
 }
 
 func clone(b []byte) objcrypt.Key {

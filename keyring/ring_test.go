@@ -3,6 +3,7 @@ package keyring_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -522,3 +523,51 @@ func TestOpenRejectsBadOptions(t *testing.T) {
 		t.Fatal("Open accepted a nil KeySource")
 	}
 }
+
+func TestSweepZeroesExpiredKeys(t *testing.T) {
+	forEachMode(t, func(t *testing.T, e *env) {
+		r := e.open(t)
+		mustKEK(t, r, "vm1", e.kms.add("vm1"))
+		e.clk.Advance(30 * time.Minute)
+		mustKEK(t, r, "vm2", e.kms.add("vm2"))
+		e.clk.Advance(31 * time.Minute) // vm1 expired, vm2 not
+		keyring.Sweep(r)
+		if s := r.Stats(); s.Keys != 1 || s.Expirations != 1 {
+			t.Fatalf("after sweep: %+v, want 1 key left and 1 expiration", s)
+		}
+	})
+}
+
+func TestKeyChangedAtKMSIsLogged(t *testing.T) {
+	e := newEnv(t, keyring.CacheMemory)
+	var buf strings.Builder
+	var mu sync.Mutex
+	e.opts.Logger = slog.New(slog.NewTextHandler(&lockedStringWriter{&mu, &buf}, nil))
+	e.opts.Refresh = 10 * time.Minute
+	r := e.open(t)
+	mustKEK(t, r, "vm1", e.kms.add("vm1"))
+	newKey := e.kms.add("vm1") // the KMS now hands out other bytes for the id
+	e.clk.Advance(11 * time.Minute)
+	_, _ = r.KEK(context.Background(), "vm1")
+	keyring.WaitRefreshes(r)
+	mustKEK(t, r, "vm1", newKey)
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(buf.String(), "different bytes") {
+		t.Fatalf("changed KEK bytes not logged:\n%s", buf.String())
+	}
+}
+
+type lockedStringWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l *lockedStringWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// The KMIP client is the production KeySource; keep the contract compiling.
+var _ keyring.KeySource = (*kmipclient.Client)(nil)
