@@ -60,6 +60,7 @@ func BenchmarkHitParallel(b *testing.B) {
 	r, id := benchRing(b)
 	ctx := context.Background()
 	b.ReportAllocs()
+	b.ResetTimer() // RunParallel has no b.Loop to exclude the setup
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			k, err := r.KEK(ctx, id)
