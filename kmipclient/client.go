@@ -220,6 +220,16 @@ type result struct {
 // have reached the server. KMIP failures are left in the items; only
 // transport and decoding failures are returned as errors.
 func (c *Client) call(ctx context.Context, op string, idempotent bool, payloads ...kmip.OperationPayload) (*result, error) {
+	res, cn, err := c.callHold(ctx, op, idempotent, payloads...)
+	if cn != nil {
+		c.release(cn, true)
+	}
+	return res, err
+}
+
+// callHold is call that keeps the connection on success, for a follow-up
+// request that must reach the same server; the caller releases it.
+func (c *Client) callHold(ctx context.Context, op string, idempotent bool, payloads ...kmip.OperationPayload) (*result, *conn, error) {
 	var (
 		res      result
 		lastErr  error
@@ -232,14 +242,14 @@ func (c *Client) call(ctx context.Context, op string, idempotent bool, payloads 
 	for {
 		if attempts > 0 {
 			if err := sleepCtx(ctx, backoff(attempts)); err != nil {
-				return nil, lastErr
+				return nil, nil, lastErr
 			}
 		}
 		cn, err := c.acquire(ctx, op)
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) || e.Err != ErrUnavailable || attempts >= c.s.retries || ctx.Err() != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			lastErr = err
 			attempts++
@@ -247,9 +257,8 @@ func (c *Client) call(ctx context.Context, op string, idempotent bool, payloads 
 		}
 		items, sent, err := c.exchange(ctx, cn, payloads)
 		if err == nil {
-			c.release(cn, true)
 			res.items, res.endpoint, res.version = items, cn.ep.addr, cn.version
-			return &res, nil
+			return &res, cn, nil
 		}
 		c.release(cn, false) // never reuse a connection after a transport error
 		kind := classifyTransport(err)
@@ -259,11 +268,11 @@ func (c *Client) call(ctx context.Context, op string, idempotent bool, payloads 
 		e := &Error{Op: op, Endpoint: cn.ep.addr, Err: kind, Cause: err}
 		c.s.log.Debug("kmip request failed", "op", op, "endpoint", cn.ep.addr, "sent", sent, "err", err)
 		if kind != ErrUnavailable || ctx.Err() != nil {
-			return nil, e
+			return nil, nil, e
 		}
 		if sent && !idempotent {
 			e.Cause = fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
-			return nil, e
+			return nil, nil, e
 		}
 		lastErr = e
 		if !sent && freeRetries > 0 {
@@ -271,7 +280,7 @@ func (c *Client) call(ctx context.Context, op string, idempotent bool, payloads 
 			continue
 		}
 		if attempts >= c.s.retries {
-			return nil, e
+			return nil, nil, e
 		}
 		res.resent = res.resent || sent
 		attempts++

@@ -59,3 +59,7 @@ func newDevKMS(t testing.TB) *fixture {
 func TestSuiteDevKMS(t *testing.T) {
 	runSuite(t, newDevKMS(t))
 }
+
+func BenchmarkGetDevKMS(b *testing.B) {
+	benchmarkGet(b, newDevKMS(b))
+}

@@ -42,9 +42,10 @@ func item[T kmip.OperationPayload](op string, res *result, i int) (T, error) {
 }
 
 // CreateKEK creates an AES-256 key named name inside the KMS and activates
-// it, in one request message (Create then Activate on its ID placeholder,
-// stopping at the first failure), so both land on the same server. It
-// returns the key's unique identifier.
+// it, on the same server (in a cluster the new key may not have replicated
+// yet), and returns its unique identifier. (Create and Activate cannot share
+// one message: PyKMIP cannot parse an Activate that relies on the ID
+// placeholder.)
 //
 // Create is never retried once it may have reached the server: the error
 // then wraps ErrUnavailable and ErrOutcomeUnknown.
@@ -62,19 +63,20 @@ func (c *Client) CreateKEK(ctx context.Context, name string) (string, error) {
 				NameValue: name, NameType: kmip.NameTypeUninterpretedTextString}},
 		}},
 	}
-	res, err := c.call(ctx, "Create", false, create, &payloads.ActivateRequestPayload{})
+	res, cn, err := c.callHold(ctx, "Create", false, create)
 	if err != nil {
 		return "", err
 	}
 	cr, err := item[*payloads.CreateResponsePayload]("Create", res, 0)
+	if err == nil && cr.UniqueIdentifier == "" {
+		err = &Error{Op: "Create", Endpoint: res.endpoint, Err: ErrProtocol, Cause: errors.New("no unique identifier in reply")}
+	}
 	if err != nil {
+		c.release(cn, true)
 		return "", err
 	}
 	id := cr.UniqueIdentifier
-	if id == "" {
-		return "", &Error{Op: "Create", Endpoint: res.endpoint, Err: ErrProtocol, Cause: errors.New("no unique identifier in reply")}
-	}
-	if _, err := item[*payloads.ActivateResponsePayload]("Activate", res, 1); err != nil {
+	if err := c.activate(ctx, cn, id); err != nil {
 		// A PreActive key nobody will use: remove it rather than leave an
 		// orphan in the KMS (Destroy of a PreActive key is allowed).
 		if derr := c.Destroy(ctx, id); derr != nil {
@@ -85,6 +87,32 @@ func (c *Client) CreateKEK(ctx context.Context, name string) (string, error) {
 	}
 	c.s.log.Info("kmip key created", "id", id, "name", name, "endpoint", res.endpoint)
 	return id, nil
+}
+
+// activate activates id on cn (which it releases); if that connection fails,
+// it tries again through the pool.
+func (c *Client) activate(ctx context.Context, cn *conn, id string) error {
+	req := &payloads.ActivateRequestPayload{UniqueIdentifier: id}
+	items, sent, err := c.exchange(ctx, cn, []kmip.OperationPayload{req})
+	c.release(cn, err == nil)
+	res := &result{items: items, endpoint: cn.ep.addr, version: cn.version}
+	if err != nil {
+		c.s.log.Debug("kmip activate failed, retrying through the pool", "id", id, "endpoint", cn.ep.addr, "err", err)
+		if res, err = c.call(ctx, "Activate", true, req); err != nil {
+			return err
+		}
+		res.resent = res.resent || sent
+	}
+	if _, err := item[*payloads.ActivateResponsePayload]("Activate", res, 0); err != nil {
+		if res.resent && errors.Is(err, ErrPermission) {
+			// Our own first attempt may have activated it.
+			if st, serr := c.State(ctx, id); serr == nil && st == StateActive {
+				return nil
+			}
+		}
+		return err
+	}
+	return nil
 }
 
 // GetKey fetches the raw 32-byte AES key id. Only an Active key is returned:

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
@@ -391,4 +390,25 @@ func writeUntrustedClient(t testing.TB, dir string) (cert, key string) {
 	return cert, key
 }
 
-var _ = fmt.Sprintf
+// benchmarkGet measures one KMS Get (GetKey: Get plus the State, one round
+// trip) on a warm pooled connection: what a keyring miss costs.
+func benchmarkGet(b *testing.B, f *fixture) {
+	c := newClient(b, f.config())
+	ctx := ctxT(b)
+	id, err := c.CreateKEK(ctx, uniqueName(b))
+	if err != nil {
+		b.Fatalf("CreateKEK: %v", err)
+	}
+	b.Cleanup(func() { shred(b, c, id) })
+	if _, err := c.GetKey(ctx, id); err != nil {
+		b.Fatalf("GetKey: %v", err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		key, err := c.GetKey(ctx, id)
+		if err != nil {
+			b.Fatalf("GetKey: %v", err)
+		}
+		clear(key)
+	}
+}
