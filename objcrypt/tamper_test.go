@@ -485,3 +485,51 @@ func TestNotProtectedMetadataVisible(t *testing.T) {
 		t.Fatal("hole not visible")
 	}
 }
+
+// Protected: the security-relevant policy fields (VM id, KEK id, wrapped
+// DEK) are authenticated by the DEK wrap: changing any of them in the policy
+// xattr makes the unwrap fail, so new files cannot be steered to another
+// VM's identity or an attacker's DEK.
+func TestTamperPolicy(t *testing.T) {
+	vm := newTestVM(t, "tamper")
+	other := newTestVM(t, "tamper-other-vm")
+	for name, mod := range map[string]func(p *Policy){
+		"vm_id":               func(p *Policy) { p.VMID = other.vm },
+		"kek_id":              func(p *Policy) { p.KEKID = other.kekID },
+		"wrapped_dek":         func(p *Policy) { p.WrappedDEK = other.wrapped },
+		"wrapped_dek bitflip": func(p *Policy) { p.WrappedDEK[20] ^= 4 },
+	} {
+		p := vm.policy()
+		mod(p)
+		raw, err := p.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParsePolicy(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := UnwrapDEK(vm.kek, got.WrappedDEK, got.KEKID, got.VMID); !errors.Is(err, ErrAuth) {
+			t.Errorf("policy with changed %s: unwrap %v, want ErrAuth", name, err)
+		}
+	}
+}
+
+// NOT protected (documented): the informational policy fields (kms,
+// created, rotated) are not authenticated; changing them is not detected.
+func TestNotProtectedPolicyInfoFields(t *testing.T) {
+	vm := newTestVM(t, "tamper")
+	p := vm.policy()
+	p.KMS = "attacker.example:5696"
+	raw, err := p.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParsePolicy(raw)
+	if err != nil || got.KMS != "attacker.example:5696" {
+		t.Fatalf("policy with a changed kms field: %v", err)
+	}
+	if _, err := UnwrapDEK(vm.kek, got.WrappedDEK, got.KEKID, got.VMID); err != nil {
+		t.Fatalf("unwrap: %v; the documented gap changed, update THREAT-MODEL.md", err)
+	}
+}
