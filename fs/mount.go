@@ -69,6 +69,7 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			DirectMount:          true,
 			MaxWrite:             maxWrite,
 			MaxBackground:        64,
+			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 			ExtraCapabilities:    fuse.CAP_ASYNC_DIO,
 		},
