@@ -18,9 +18,10 @@ import (
 // follow PyKMIP 0.10 (notes/KMIP.md) so the client suite can run against
 // both servers.
 type engine struct {
-	store *store
-	log   *slog.Logger
-	now   func() time.Time
+	store    *store
+	log      *slog.Logger
+	now      func() time.Time
+	versions []kmip.ProtocolVersion // nil: the library's default
 }
 
 // operations is what the dev KMS answers; everything else gets
@@ -45,7 +46,22 @@ func (e *engine) routes() *kmipserver.BatchExecutor {
 	x.Route(kmip.OperationRevoke, kmipserver.HandleFunc(e.revoke))
 	x.Route(kmip.OperationDestroy, kmipserver.HandleFunc(e.destroy))
 	x.Route(kmip.OperationQuery, kmipserver.HandleFunc(e.query))
+	if e.versions != nil {
+		x.Route(kmip.OperationDiscoverVersions, kmipserver.HandleFunc(e.discoverVersions))
+	}
 	return x
+}
+
+// discoverVersions answers with the configured versions the client also
+// offers, in the server's order of preference.
+func (e *engine) discoverVersions(_ context.Context, req *payloads.DiscoverVersionsRequestPayload) (*payloads.DiscoverVersionsResponsePayload, error) {
+	resp := &payloads.DiscoverVersionsResponsePayload{}
+	for _, v := range e.versions {
+		if len(req.ProtocolVersion) == 0 || slices.Contains(req.ProtocolVersion, v) {
+			resp.ProtocolVersion = append(resp.ProtocolVersion, v)
+		}
+	}
+	return resp, nil
 }
 
 // owner is the client certificate's CN: the only identity the dev KMS knows.

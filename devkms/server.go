@@ -9,9 +9,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipserver"
 )
 
@@ -37,6 +39,10 @@ type Config struct {
 	Listen string
 	// Logger receives the server's own events; nil discards them.
 	Logger *slog.Logger
+	// Versions restricts the KMIP versions DiscoverVersions offers, newest
+	// first; empty means the library's 1.4 down to 1.0. Tests use it to
+	// check a client at the KMIP 1.1 floor.
+	Versions []kmip.ProtocolVersion
 }
 
 // Server is a running dev KMS.
@@ -105,7 +111,7 @@ func New(cfg Config) (*Server, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert, // checks EKU clientAuth, like PyKMIP
 		ClientCAs:    p.roots,
 	}
-	eng := &engine{store: st, log: log, now: time.Now}
+	eng := &engine{store: st, log: log, now: time.Now, versions: slices.Clone(cfg.Versions)}
 	s.srv = kmipserver.NewServer(&listener{Listener: ln, tls: tlsCfg, s: s}, eng.routes()).
 		WithConnectHook(s.onConnect)
 	go func() {

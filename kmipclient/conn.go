@@ -102,8 +102,9 @@ var longAgo = time.Unix(1, 0)
 // sent reports whether any byte of the request reached the kernel.
 func (cn *conn) roundtrip(ctx context.Context, timeout time.Duration, msg *kmip.RequestMessage) (resp *kmip.ResponseMessage, sent bool, err error) {
 	deadline := time.Now().Add(timeout)
+	callerDeadline := false
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+		deadline, callerDeadline = dl, true
 	}
 	if err := cn.tls.SetDeadline(deadline); err != nil {
 		return nil, false, err
@@ -119,9 +120,12 @@ func (cn *conn) roundtrip(ctx context.Context, timeout time.Duration, msg *kmip.
 		err = cn.stream.Recv(resp)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			err = ctx.Err()
-		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		case errors.Is(err, os.ErrDeadlineExceeded) && callerDeadline:
+			err = context.DeadlineExceeded
+		case errors.Is(err, os.ErrDeadlineExceeded):
 			err = &timeoutError{timeout}
 		}
 		return nil, sent, err

@@ -1,12 +1,16 @@
 package kmipclient_test
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/ovh/kmip-go"
+
 	"github.com/cryptds/cryptds/devkms"
+	"github.com/cryptds/cryptds/kmipclient"
 )
 
 func TestMain(m *testing.M) {
@@ -62,4 +66,61 @@ func TestSuiteDevKMS(t *testing.T) {
 
 func BenchmarkGetDevKMS(b *testing.B) {
 	benchmarkGet(b, newDevKMS(b))
+}
+
+// TestNegotiation runs a key's whole life at each version a server may
+// settle on, down to the 1.1 floor, and refuses a KMIP 1.0-only server.
+func TestNegotiation(t *testing.T) {
+	tests := []struct {
+		server []kmip.ProtocolVersion
+		want   kmipclient.Version
+		ok     bool
+	}{
+		{[]kmip.ProtocolVersion{kmip.V1_4, kmip.V1_3}, kmipclient.Version{Major: 1, Minor: 4}, true},
+		{[]kmip.ProtocolVersion{kmip.V1_3, kmip.V1_2}, kmipclient.Version{Major: 1, Minor: 3}, true},
+		{[]kmip.ProtocolVersion{kmip.V1_2}, kmipclient.Version{Major: 1, Minor: 2}, true},
+		{[]kmip.ProtocolVersion{kmip.V1_1, kmip.V1_0}, kmipclient.Version{Major: 1, Minor: 1}, true},
+		{[]kmip.ProtocolVersion{kmip.V1_0}, kmipclient.Version{}, false},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint(tc.server), func(t *testing.T) {
+			srv, err := devkms.New(devkms.Config{StateDir: filepath.Join(t.TempDir(), "kms"), Listen: "127.0.0.1:0", Versions: tc.server})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = srv.Close() })
+			ca, cert, key := srv.ClientCredentials()
+			cfg := kmipclient.Config{Endpoints: []string{srv.Addr()}, CAFile: ca, CertFile: cert, KeyFile: key, Logger: quiet()}
+			ctx := ctxT(t)
+			c, err := kmipclient.New(ctx, cfg)
+			if !tc.ok {
+				wantErr(t, err, kmipclient.ErrProtocol, "New(KMIP 1.0 server)")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			if v, err := c.Ping(ctx); err != nil || v != tc.want {
+				t.Fatalf("Ping = %v, %v; want %v", v, err, tc.want)
+			}
+			name := uniqueName(t)
+			id, err := c.CreateKEK(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.GetKey(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if ids, err := c.Locate(ctx, name); err != nil || len(ids) != 1 {
+				t.Fatalf("Locate = %v, %v", ids, err)
+			}
+			if err := c.Revoke(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Destroy(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
