@@ -14,9 +14,9 @@ import (
 	"github.com/ovh/kmip-go"
 )
 
-// Client is a KMIP client for a KMS cluster, safe for concurrent use. It
-// keeps up to MaxConns TLS connections (each ovh client serialises its
-// requests, so a pool is what lets parallel key fetches overlap) and dials
+// Client is a KMIP client for a KMS cluster, safe for concurrent use. A
+// KMIP connection carries one request at a time, so it keeps a pool of up
+// to MaxConns TLS connections to let parallel key fetches overlap, and dials
 // new ones with ordered failover.
 type Client struct {
 	s   *settings

@@ -220,9 +220,9 @@ type versionError struct{ v Version }
 
 func (e *versionError) Error() string {
 	if e.v == (Version{}) {
-		return "no common KMIP version (client offers " + MinVersion.String() + " to " + MaxVersion.String() + ")"
+		return "no common KMIP version (client offers " + minVersion.String() + " to " + maxVersion.String() + ")"
 	}
-	return "server speaks KMIP " + e.v.String() + ", below the " + MinVersion.String() + " floor"
+	return "server speaks KMIP " + e.v.String() + ", below the " + minVersion.String() + " floor"
 }
 
 // rejectedError is a connection the server dropped right after a TLS 1.3

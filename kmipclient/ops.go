@@ -11,10 +11,10 @@ import (
 	"github.com/ovh/kmip-go/ttlv"
 )
 
-// KEKUsage is the usage mask every KEK is created with. PyKMIP rejects a
+// kekUsage is the usage mask every KEK is created with. PyKMIP rejects a
 // Create without one (InvalidField); WrapKey/UnwrapKey leave room for
 // server-side wrapping on KMIP 1.4 servers.
-const KEKUsage = kmip.CryptographicUsageEncrypt | kmip.CryptographicUsageDecrypt |
+const kekUsage = kmip.CryptographicUsageEncrypt | kmip.CryptographicUsageDecrypt |
 	kmip.CryptographicUsageWrapKey | kmip.CryptographicUsageUnwrapKey
 
 // KEKSize is the length in bytes of every KEK (AES-256).
@@ -58,7 +58,7 @@ func (c *Client) CreateKEK(ctx context.Context, name string) (string, error) {
 		TemplateAttribute: kmip.TemplateAttribute{Attribute: []kmip.Attribute{
 			{AttributeName: kmip.AttributeNameCryptographicAlgorithm, AttributeValue: kmip.CryptographicAlgorithmAES},
 			{AttributeName: kmip.AttributeNameCryptographicLength, AttributeValue: int32(KEKSize * 8)},
-			{AttributeName: kmip.AttributeNameCryptographicUsageMask, AttributeValue: KEKUsage},
+			{AttributeName: kmip.AttributeNameCryptographicUsageMask, AttributeValue: kekUsage},
 			{AttributeName: kmip.AttributeNameName, AttributeValue: kmip.Name{
 				NameValue: name, NameType: kmip.NameTypeUninterpretedTextString}},
 		}},

@@ -33,11 +33,13 @@ func versionOf(p kmip.ProtocolVersion) Version {
 // newest the library speaks. 2.x is never offered: PyKMIP rejects every
 // 2.0 message (notes/KMIP.md).
 var (
-	// MinVersion is the oldest KMIP version the client accepts.
-	MinVersion = Version{1, 1}
-	// MaxVersion is the newest KMIP version the client offers.
-	MaxVersion = Version{1, 4}
+	minVersion = Version{1, 1}
+	maxVersion = Version{1, 4}
 )
+
+// VersionRange returns the oldest KMIP version the client accepts and the
+// newest it offers, for diagnostics and compatibility notes.
+func VersionRange() (oldest, newest Version) { return minVersion, maxVersion }
 
 // offeredVersions is what DiscoverVersions proposes, newest first.
 func offeredVersions() []kmip.ProtocolVersion {

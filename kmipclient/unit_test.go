@@ -184,8 +184,8 @@ func TestStateAndVersion(t *testing.T) {
 		t.Error("Version")
 	}
 	for _, v := range offeredVersions() {
-		if versionOf(v).Less(MinVersion) || MaxVersion.Less(versionOf(v)) {
-			t.Errorf("offered %v outside %v..%v", v, MinVersion, MaxVersion)
+		if versionOf(v).Less(minVersion) || maxVersion.Less(versionOf(v)) {
+			t.Errorf("offered %v outside %v..%v", v, minVersion, maxVersion)
 		}
 	}
 }
