@@ -178,23 +178,21 @@ start() {
 }
 
 stop() {
-	[ -d "$dir" ] || return 0
-	if ! running; then
-		rm -f "$dir/pykmip.pid"
-		return 0
-	fi
-	local pid
+	[ -s "$dir/pykmip.pid" ] || return 0
+	local pid deadline
 	pid=$(cat "$dir/pykmip.pid")
-	kill -INT "$pid" 2>/dev/null || true
-	local deadline=$((SECONDS + stop_grace))
-	while alive "$pid" && [ $SECONDS -lt $deadline ]; do
-		sleep 0.1
-	done
-	if alive "$pid"; then
-		echo "pykmip.sh: pid $pid still joining client sessions after ${stop_grace}s; killing it" >&2
+	if running; then
+		kill -INT "$pid" 2>/dev/null || true
+		deadline=$((SECONDS + stop_grace))
+		while alive "$pid" && [ $SECONDS -lt $deadline ]; do
+			sleep 0.1
+		done
+		if alive "$pid"; then
+			echo "pykmip.sh: pid $pid still joining client sessions after ${stop_grace}s; killing it" >&2
+		fi
 	fi
-	# The whole group, helpers included (they exit by themselves after a
-	# clean stop; give them a moment first).
+	# The whole group, helpers included, even if the server itself died
+	# (helpers exit by themselves after a clean stop; give them a moment).
 	deadline=$((SECONDS + 2))
 	while group_alive "$pid" && [ $SECONDS -lt $deadline ]; do
 		alive "$pid" && break
