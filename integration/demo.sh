@@ -19,7 +19,8 @@ pid=
 cleanup() {
 	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
 		kill -TERM "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+		kill -KILL "$pid" 2>/dev/null || true
 	fi
 	mountpoint -q "$mnt" && umount -l "$mnt" 2>/dev/null || true
 	rm -rf "$tmp"
@@ -41,12 +42,12 @@ mkdir "$mnt/web01"
 printf 'name = "web01"\nmemory = 2048\ndisk = "web01.qcow2"\nsecret = "TOP-SECRET-DEMO-CONFIG"\n' >"$mnt/web01/web01.conf"
 if command -v qemu-img >/dev/null; then
 	show qemu-img create -q -f qcow2 "$mnt/web01/web01.qcow2" 4G
-	yes "TOP-SECRET-DEMO-DISK-DATA" | head -c 8M >"$tmp/pattern"
-	show qemu-io -q -f qcow2 -c "write -P 0x5a 0 1M" "$mnt/web01/web01.qcow2"
+	{ yes "TOP-SECRET-DEMO-DISK-DATA" || true; } | head -c 8M >"$tmp/pattern"
+	show qemu-io -f qcow2 -c "write -q -P 0x5a 0 1M" "$mnt/web01/web01.qcow2"
 	show qemu-img convert -q -f raw -O raw "$tmp/pattern" "$mnt/web01/data.raw"
 else
 	truncate -s 4G "$mnt/web01/web01-flat.raw"
-	yes "TOP-SECRET-DEMO-DISK-DATA" | head -c 8M | dd of="$mnt/web01/web01-flat.raw" conv=notrunc status=none
+	{ yes "TOP-SECRET-DEMO-DISK-DATA" || true; } | head -c 8M | dd of="$mnt/web01/web01-flat.raw" conv=notrunc status=none
 fi
 echo "2026-11-27 boot ok TOP-SECRET-DEMO-LOG" >"$mnt/web01/vmware.log"
 show ls -ls "$mnt/web01"

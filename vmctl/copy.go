@@ -193,9 +193,12 @@ func (c *objConv) copyData(ctx context.Context, dst, src *os.File, size int64) (
 		end := size
 		if err != nil {
 			start = off // no SEEK_DATA support: treat the rest as data
-		} else if e, err := unix.Seek(fd, start, unix.SEEK_HOLE); err == nil {
+		} else if e, err := unix.Seek(fd, start, unix.SEEK_HOLE); err == nil && e > start {
 			end = min(e, size)
 		}
+		// A SEEK_HOLE answer that does not move forward (a filesystem bug)
+		// must not stall the copy: the rest is then copied as data.
+		start = max(start, off) // never step backwards
 		if start >= size {
 			break
 		}

@@ -66,7 +66,8 @@ func mountCommand() *cli.Command {
 			"   cryptds mount --kmip kms1:5696,kms2:5696 --kmip-ca ca.pem --kmip-cert host.pem --kmip-key host.key /srv/ds /mnt/ds\n" +
 			"   cryptds mount --config /etc/cryptds/ds1.toml /srv/ds /mnt/ds\n\n" +
 			"The mount is ready when 'mountpoint -q MOUNTPOINT' succeeds. SIGINT or SIGTERM unmount\n" +
-			"cleanly; if files are still open the daemon names them and keeps serving.",
+			"cleanly; if files are still open the daemon names them, keeps serving and unmounts\n" +
+			"as soon as the last one is closed.",
 		Flags:        flags,
 		Before:       altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config")),
 		OnUsageError: usageError,
@@ -212,8 +213,9 @@ type unmounter interface {
 }
 
 // serveUntilUnmounted waits until the mount goes away (cryptds umount,
-// umount(8)) or a signal asks us to unmount. A busy mount is not forced:
-// the daemon says which files are open and keeps serving.
+// umount(8)) or a signal asks us to unmount. A busy mount is never forced:
+// the daemon names the open files and retries every second, so it
+// unmounts as soon as the last one is closed.
 func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *slog.Logger) error {
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
@@ -221,6 +223,29 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	ctxDone := ctx.Done()
+	var retry <-chan time.Time
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	var lastReport time.Time
+	attempt := func() {
+		err := srv.Unmount()
+		if err == nil {
+			return
+		}
+		if ticker == nil {
+			ticker = time.NewTicker(time.Second)
+			retry = ticker.C
+		}
+		if time.Since(lastReport) >= 30*time.Second {
+			lastReport = time.Now()
+			log.Error("cannot unmount yet: mount is busy; unmounting as soon as these files are closed",
+				"mountpoint", mnt, "err", err, "open_files", openFilesUnder(mnt))
+		}
+	}
 	for {
 		select {
 		case <-done:
@@ -228,17 +253,14 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 			return nil
 		case <-ctxDone:
 			ctxDone = nil // handle once; later requests come as signals
-			tryUnmount(srv, mnt, log)
+			log.Info("shutting down, unmounting")
+			attempt()
 		case s := <-sigs:
 			log.Info("signal received, unmounting", "signal", s.String())
-			tryUnmount(srv, mnt, log)
+			lastReport = time.Time{}
+			attempt()
+		case <-retry:
+			attempt()
 		}
-	}
-}
-
-func tryUnmount(srv unmounter, mnt string, log *slog.Logger) {
-	if err := srv.Unmount(); err != nil {
-		open := openFilesUnder(mnt)
-		log.Error("cannot unmount: mount is busy; close these files and signal again", "mountpoint", mnt, "err", err, "open_files", open)
 	}
 }
