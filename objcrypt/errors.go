@@ -24,6 +24,7 @@ type BlockError struct {
 	Err   error  // ErrAuth or ErrHeader
 }
 
+// Error names the block, so the log line alone locates the damage.
 func (e *BlockError) Error() string { return fmt.Sprintf("block %d: %v", e.Block, e.Err) }
 
 // Unwrap lets errors.Is(err, ErrAuth) see through the block number.

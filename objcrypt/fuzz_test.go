@@ -17,9 +17,11 @@ import (
 	"time"
 )
 
-// Fuzz targets. Their seed corpus lives in testdata/fuzz/<Name>/ (files
-// named seed-* are written by `go test ./objcrypt -run TestFuzzSeedCorpus
-// -update`; other files are inputs the fuzzer found and are kept).
+// Fuzz targets. Their seed corpus lives in testdata/fuzz/<Name>/: seed-*
+// files are written by `go test ./objcrypt -run TestFuzzSeedCorpus -update`;
+// found-* files are coverage-expanding inputs a fuzzing run found (copied
+// from $(go env GOCACHE)/fuzz/github.com/cryptds/cryptds/objcrypt/<Name>/)
+// and are kept, so every `go test` replays them.
 // TestFuzzSeedCorpus fails if any target's seed directory is empty.
 // Run a target: go test ./objcrypt -run '^$' -fuzz '^FuzzParseHeader$' -fuzztime 60s -parallel 1
 

@@ -41,12 +41,12 @@ type VMID [VMIDSize]byte
 // the object given the KMS: which KEK, the wrapped DEK and the ids bound into
 // the AEADs.
 type Header struct {
-	Version    uint16
-	Suite      uint16
-	ObjectID   ObjectID
-	VMID       VMID
-	KEKID      string
-	WrappedDEK []byte
+	Version    uint16   // Version1
+	Suite      uint16   // SuiteAES256GCM
+	ObjectID   ObjectID // random per object: HKDF info and block AAD
+	VMID       VMID     // random per VM: DEK-wrap AAD, so one file unwraps on its own
+	KEKID      string   // KMS id of the KEK, 1..MaxKEKIDLen bytes of UTF-8
+	WrappedDEK []byte   // WrapDEK output, WrappedDEKSize bytes
 }
 
 // fixed part: magic(4) version(2) suite(2) objectID(16) vmID(16) kekIDLen(1)
