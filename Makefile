@@ -33,9 +33,9 @@ bench:
 	bash integration/bench.sh
 
 fuzz:
-	$(GO) test ./objcrypt -run '^$$' -fuzz FuzzParseHeader -fuzztime 60s
-	$(GO) test ./objcrypt -run '^$$' -fuzz FuzzDecryptBlock -fuzztime 60s
-	$(GO) test ./objcrypt -run '^$$' -fuzz FuzzOffsets -fuzztime 60s
+	for f in FuzzParseHeader FuzzParsePolicy FuzzDecryptBlock FuzzOffsets; do \
+		$(GO) test ./objcrypt -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} -parallel 1 || exit 1; \
+	done
 
 clean:
 	rm -rf bin
