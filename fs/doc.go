@@ -2,4 +2,55 @@
 // the backing directory, objects carrying a cryptds header are served
 // through encrypting file handles, and VM directories expose their
 // encryption policy as virtual xattrs.
+//
+// # Backing access
+//
+// Every node holds an O_PATH descriptor of its backing inode, opened from
+// its parent's on first use; all backing operations are *at() calls on
+// those descriptors or go through /proc/self/fd/N. No absolute path is ever
+// built, so names up to NAME_MAX and trees deeper than PATH_MAX work, and a
+// concurrent rename cannot redirect an operation.
+//
+// # Encrypted objects
+//
+// The backing header xattr (user.cryptds.hdr) decides, never the directory:
+// hard links and renames keep their header. An open handle shares its
+// inode's objState: the object AEAD (no key lookup per block) and an
+// RWMutex (reads shared; writes, truncates and punches exclusive), so no
+// reader ever sees a torn block. Writes read-modify-write only their edge
+// blocks; before overwriting stored blocks the old ciphertext is kept, and
+// if the backing store fails midway (ENOSPC, EIO) it is written back and the
+// file cut to its old size, so a failed write may be lost but never leaves
+// a block that fails authentication. Backing errnos reach the caller
+// unchanged (toErrno is the only error->errno mapping).
+//
+// New objects are built as O_TMPFILE with both header copies and linked
+// under their name only then, so a crash cannot leave a headerless file in
+// an encrypted directory. A file with a valid header xattr and a backing
+// size of 0 is accepted as an empty object whose region is written on first
+// write.
+//
+// # Kernel interface choices
+//
+//   - FUSE passthrough is masked off mount-wide; no handle is a LoopbackFile.
+//   - O_DIRECT opens get FOPEN_DIRECT_IO (and parallel direct writes for
+//     encrypted handles); CAP_ASYNC_DIO is requested. Backing files are
+//     opened without O_DIRECT: ciphertext offsets are not sector aligned.
+//   - max_write 1 MiB; large requests are spread over objcrypt's Pool.
+//   - Attribute and entry timeouts 1 s, no negative caching: the daemon is
+//     the only writer, and 1 s bounds staleness after an administrator
+//     edits the backing store directly.
+//   - No write-back cache: it hands size/mtime to the kernel, not yet shown
+//     safe for encrypted objects.
+//   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image
+//     locks on one host, not seen by other mounts of the same backing store.
+//
+// # Not supported
+//
+// O_TMPFILE through the mount (EOPNOTSUPP), fallocate ZERO_RANGE /
+// COLLAPSE_RANGE / INSERT_RANGE on encrypted files (EOPNOTSUPP; plain files
+// pass every mode through), lock forwarding to the backing store, ioctls
+// (FICLONE and friends), and atime updates from reads of encrypted files
+// (backing files are opened O_NOATIME so the daemon's own header and
+// edge-block reads do not count as accesses).
 package fs
