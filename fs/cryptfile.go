@@ -105,10 +105,13 @@ func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 	return toErrno(err)
 }
 
-// Lseek maps SEEK_DATA/SEEK_HOLE through the backing file: a backing data
-// or hole offset is converted to the plaintext block containing it. A
-// stored block only partly inside a backing hole counts as data, which
-// lseek(2) allows (holes may be reported as data).
+// Lseek maps SEEK_DATA/SEEK_HOLE through the backing file. A plaintext
+// block counts as data when any byte of its stored range lies in a backing
+// data extent, and as a hole only when none does; lseek(2) allows holes to
+// be reported as data, never the reverse. Both answers follow the same
+// rule, so a caller alternating SEEK_DATA and SEEK_HOLE always advances
+// (stored blocks are not page aligned: a block can start in a backing hole
+// and end in data).
 func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	f.o.mu.RLock()
 	defer f.o.mu.RUnlock()
@@ -127,28 +130,58 @@ func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint6
 		return 0, syscall.ENXIO
 	}
 	blk := objcrypt.BlockOfPlainOffset(off)
-	coff := objcrypt.CipherOffsetOfBlock(blk)
-	res, err := unix.Seek(f.fd, int64(coff), int(whence))
-	if err != nil {
-		if errors.Is(err, unix.ENXIO) && whence == unix.SEEK_HOLE {
-			return psize, 0
-		}
-		return 0, toErrno(err)
-	}
-	cres := uint64(res)
-	if cres >= csize {
-		if whence == unix.SEEK_HOLE {
-			return psize, 0
-		}
-		return 0, syscall.ENXIO
-	}
-	body := cres - objcrypt.HeaderRegionSize
 	if whence == unix.SEEK_DATA {
-		p := body / objcrypt.CipherBlockSize * objcrypt.PlainBlockSize
+		d, ok, err := f.backingSeek(objcrypt.CipherOffsetOfBlock(blk), unix.SEEK_DATA, csize)
+		if err != nil {
+			return 0, toErrno(err)
+		}
+		if !ok {
+			return 0, syscall.ENXIO
+		}
+		p := (d - objcrypt.HeaderRegionSize) / objcrypt.CipherBlockSize * objcrypt.PlainBlockSize
 		return max(p, off), 0
 	}
-	p := (body + objcrypt.CipherBlockSize - 1) / objcrypt.CipherBlockSize * objcrypt.PlainBlockSize
-	return min(max(p, off), psize), 0
+	for {
+		c := objcrypt.CipherOffsetOfBlock(blk)
+		if c >= csize {
+			return psize, 0
+		}
+		blockEnd := min(c+objcrypt.CipherBlockSize, csize)
+		d, ok, err := f.backingSeek(c, unix.SEEK_DATA, csize)
+		if err != nil {
+			return 0, toErrno(err)
+		}
+		if !ok || d >= blockEnd {
+			return min(max(objcrypt.PlainOffsetOfBlock(blk), off), psize), 0 // no data in this block
+		}
+		h, ok, err := f.backingSeek(d, unix.SEEK_HOLE, csize)
+		if err != nil {
+			return 0, toErrno(err)
+		}
+		if !ok {
+			return psize, 0
+		}
+		// The first block starting at or after the backing hole is the next
+		// candidate; blocks straddling h hold data.
+		next := (h - objcrypt.HeaderRegionSize + objcrypt.CipherBlockSize - 1) / objcrypt.CipherBlockSize
+		blk = max(next, blk+1)
+	}
+}
+
+// backingSeek is lseek(2) on the backing file; ok is false when there is
+// no such offset before csize (ENXIO or an answer at or past the end).
+func (f *cryptFile) backingSeek(from uint64, whence int, csize uint64) (uint64, bool, error) {
+	res, err := unix.Seek(f.fd, int64(from), whence)
+	if errors.Is(err, unix.ENXIO) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("lseek backing: %w", err)
+	}
+	if uint64(res) >= csize {
+		return 0, false, nil
+	}
+	return uint64(res), true, nil
 }
 
 // sizes returns the backing and plaintext sizes. strict refuses a backing
