@@ -101,6 +101,9 @@ func (r *Root) readHeaderInner(fd int) (*objcrypt.Header, error) {
 		if errors.Is(err, unix.ERANGE) {
 			return nil, fmt.Errorf("header xattr too large: %w", objcrypt.ErrHeader)
 		}
+		if errors.Is(err, unix.ENODATA) {
+			return nil, fmt.Errorf("header xattr missing (restore it with cryptds fsck --restore-xattrs): %w", objcrypt.ErrHeader)
+		}
 		return nil, fmt.Errorf("read header xattr: %w", err)
 	}
 	h, err := objcrypt.ParseHeader(xb[:sz])

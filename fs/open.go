@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -31,11 +33,47 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
+	if err := n.refuseStrippedHeader(pfd); err != nil {
+		return nil, 0, toErrno(err)
+	}
 	fd, err := unix.Open(procPath(pfd), backingFlags(flags)|int(flags&syscall.O_TRUNC)|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
 	return n.r.newPlainFile(n, fd, flags), openFlags(flags, false), 0
+}
+
+// errStrippedHeader marks a backing file that starts with a valid cryptds
+// header region but has no header xattr.
+var errStrippedHeader = errors.New("encrypted object without its header xattr")
+
+// refuseStrippedHeader refuses to serve as plain a file whose backing copy
+// starts with a valid in-file header but lacks the header xattr. Someone
+// with write access to the backing store could otherwise strip the xattr
+// and have the VM's next writes land there in plaintext (or an xattr-less
+// copy would be served as garbage). It runs before any O_TRUNC takes
+// effect; fsck --restore-xattrs is the way back.
+func (n *node) refuseStrippedHeader(pfd int) error {
+	fd, err := unix.Open(procPath(pfd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		fd, err = unix.Open(procPath(pfd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil // write-only access: the open itself decides
+	}
+	defer unix.Close(fd)
+	region := make([]byte, objcrypt.HeaderRegionSize)
+	got, err := preadFull(fd, region, 0)
+	if err != nil || got < len(region) {
+		return nil
+	}
+	if _, err := objcrypt.ParseRegion(region); err != nil {
+		return nil
+	}
+	n.r.stats.hdrErr.Add(1)
+	n.r.log.Error("cryptds: refusing to serve an encrypted object as plain: its header xattr is missing (restore it with cryptds fsck --restore-xattrs)",
+		"file", n.relPath())
+	return fmt.Errorf("%s: %w: %w", n.relPath(), errStrippedHeader, syscall.EIO)
 }
 
 // openCrypt opens the backing file of an encrypted node (read-write unless

@@ -82,3 +82,44 @@ func TestSeekDataHoleProgress(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestStrippedHeaderRefused: an encrypted object whose header xattr was
+// removed on the backing store must not be served as a plain file (the
+// VM's next writes would land there in plaintext); it gives EIO with a log
+// line pointing at fsck --restore-xattrs, also for O_TRUNC opens.
+func TestStrippedHeaderRefused(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	dir := tf.encDir("vm")
+	mustWrite(t, dir+"/disk.raw", bytes.Repeat([]byte("STRIPPED-"), 2000))
+	// An xattr-dropping copy on the backing store (cp, rsync without -X)
+	// gives a new inode with the in-file header but no xattr.
+	raw, err := os.ReadFile(tf.b("vm/disk.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tf.b("vm/stripped.raw"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range []int{os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC} {
+		f, err := os.OpenFile(tf.m("vm/stripped.raw"), flags, 0)
+		if err == nil {
+			f.Close()
+			t.Fatalf("open flags %#x of a header-stripped object succeeded", flags)
+		}
+		if !errors.Is(err, unix.EIO) {
+			t.Errorf("open flags %#x: %v, want EIO", flags, err)
+		}
+	}
+	st, err := os.Stat(tf.b("vm/stripped.raw"))
+	if err != nil || st.Size() < 4096 {
+		t.Fatalf("backing object was changed: %v, %v", st, err)
+	}
+	if !bytes.Contains([]byte(tf.logs.String()), []byte("restore-xattrs")) {
+		t.Errorf("no log line pointing at fsck --restore-xattrs:\n%s", tf.logs.String())
+	}
+	// A plain file that merely starts with the magic is still plain.
+	mustWrite(t, tf.m("plain.txt"), []byte("CDSH but not a header"))
+	if got := mustRead(t, tf.m("plain.txt")); string(got) != "CDSH but not a header" {
+		t.Fatalf("plain file: %q", got)
+	}
+}
