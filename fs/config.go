@@ -40,4 +40,8 @@ type Config struct {
 	// Rand supplies nonces, object ids, VM ids and DEKs; nil means
 	// crypto/rand. Tests inject a deterministic source.
 	Rand io.Reader
+	// Observe, when set, is called with the duration of each lookup,
+	// getattr, open, create, read, write and fsync (metrics); nil costs
+	// nothing.
+	Observe Observer
 }

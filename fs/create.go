@@ -19,6 +19,7 @@ var _ gofs.NodeCreater = (*node)(nil)
 // on the backing store (created behind the kernel's back) and O_EXCL was
 // not asked for, the existing file is opened like open(2) would.
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	defer n.r.opDone(OpCreate, n.r.opStart())
 	dfd, err := n.pathFd()
 	if err != nil {
 		return nil, nil, 0, toErrno(err)

@@ -38,6 +38,7 @@ func (f *cryptFile) handleNode() *node { return f.n }
 // Read decrypts the blocks covering the request. A block that fails
 // authentication fails this read only (EIO), with one log line.
 func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer f.r.opDone(OpRead, f.r.opStart())
 	f.o.mu.RLock()
 	defer f.o.mu.RUnlock()
 	n, err := f.readAt(dest, uint64(off))
@@ -49,6 +50,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 
 // Write encrypts the request, read-modify-writing only its edge blocks.
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	defer f.r.opDone(OpWrite, f.r.opStart())
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
 	if err := f.writeAt(data, uint64(off)); err != nil {
@@ -63,6 +65,7 @@ func (f *cryptFile) Flush(ctx context.Context) syscall.Errno { return 0 }
 // Fsync is fsync, or fdatasync when the kernel says so (the size lives in
 // the backing size, which fdatasync persists).
 func (f *cryptFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	defer f.r.opDone(OpFsync, f.r.opStart())
 	if flags&1 != 0 {
 		return toErrno(unix.Fdatasync(f.fd))
 	}

@@ -149,6 +149,7 @@ var _ gofs.NodeLookuper = (*node)(nil)
 
 // Lookup stats name relative to this directory's descriptor.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer n.r.opDone(OpLookup, n.r.opStart())
 	dfd, err := n.pathFd()
 	if err != nil {
 		return nil, toErrno(err)
@@ -183,6 +184,7 @@ var _ gofs.NodeGetattrer = (*node)(nil)
 // encrypted object is open, the stat is taken under its lock so a
 // concurrent write never shows a half-extended ciphertext size.
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer n.r.opDone(OpGetattr, n.r.opStart())
 	st, kind, err := n.stat()
 	if err != nil {
 		return toErrno(err)

@@ -16,6 +16,7 @@ var _ gofs.NodeOpener = (*node)(nil)
 // Open returns our own handle types only: a cryptFile for objects with a
 // header, a plainFile otherwise. Neither offers a passthrough descriptor.
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	defer n.r.opDone(OpOpen, n.r.opStart())
 	if n.kindOf() == kindEncrypted {
 		cf, err := n.openCrypt(ctx, flags)
 		if err != nil {

@@ -42,6 +42,7 @@ func (f *plainFile) handleNode() *node { return f.n }
 
 // Read is pread on the backing file.
 func (f *plainFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer f.n.r.opDone(OpRead, f.n.r.opStart())
 	n, err := preadFull(f.fd, dest, off)
 	if err != nil {
 		return nil, toErrno(err)
@@ -51,6 +52,7 @@ func (f *plainFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 
 // Write is pwrite on the backing file.
 func (f *plainFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	defer f.n.r.opDone(OpWrite, f.n.r.opStart())
 	if err := pwriteFull(f.fd, data, off); err != nil {
 		return 0, toErrno(err)
 	}
@@ -62,6 +64,7 @@ func (f *plainFile) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 // Fsync is fsync, or fdatasync when the kernel says so.
 func (f *plainFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	defer f.n.r.opDone(OpFsync, f.n.r.opStart())
 	if flags&1 != 0 {
 		return toErrno(unix.Fdatasync(f.fd))
 	}
@@ -78,6 +81,7 @@ func (f *plainFile) Release(ctx context.Context) syscall.Errno {
 
 // Getattr is fstat of the backing file.
 func (f *plainFile) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	defer f.n.r.opDone(OpGetattr, f.n.r.opStart())
 	var st unix.Statx_t
 	if err := statx(f.fd, "", &st); err != nil {
 		return toErrno(err)
