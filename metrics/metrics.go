@@ -51,7 +51,7 @@ func New() *Exporter {
 		}, []string{"op"}),
 		kmsDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Subsystem: "kms", Name: "request_duration_seconds",
-			Help: "KMS requests made by the key ring (including failover and retries), by KMS cluster and operation.",
+			Help:    "KMS requests made by the key ring (including failover and retries), by KMS cluster and operation.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .05, .1, .5, 1, 5, 15},
 		}, []string{"kms", "op"}),
 		kmsErr: prometheus.NewCounterVec(prometheus.CounterOpts{
