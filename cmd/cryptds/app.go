@@ -26,6 +26,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			umountCommand(),
 			kmsCommand(),
 			inspectCommand(),
+			fsckCommand(),
 			vmCommand(),
 			versionCommand(),
 		},
