@@ -19,6 +19,7 @@ import (
 	cfs "github.com/cryptds/cryptds/fs"
 	"github.com/cryptds/cryptds/keyring"
 	"github.com/cryptds/cryptds/kmipclient"
+	"github.com/cryptds/cryptds/metrics"
 	"github.com/cryptds/cryptds/objcrypt"
 )
 
@@ -52,11 +53,18 @@ func mountFlags() []cli.Flag {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "key-ttl", Value: defaultKeyTTL, Usage: "how long a cached key is served without asking the KMS", EnvVars: []string{"CRYPTDS_KEY_TTL"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-other", Usage: "let other users (e.g. libvirt-qemu) use the mount; unix permissions are enforced", EnvVars: []string{"CRYPTDS_ALLOW_OTHER"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (loopback host:port, e.g. 127.0.0.1:9523); off when empty", EnvVars: []string{"CRYPTDS_METRICS_LISTEN"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-listen-any", Usage: "allow a non-loopback --metrics-listen address (metrics reveal VM activity)", EnvVars: []string{"CRYPTDS_METRICS_LISTEN_ANY"}}),
 	)
 }
 
 func mountCommand() *cli.Command {
 	flags := mountFlags()
+	// pinned records the flags set on the command line or by env var
+	// before the config file is applied, so a SIGHUP reload of the file
+	// keeps their precedence. It belongs to this command value only.
+	pinned := map[string]bool{}
+	loadConfig := altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config"))
 	return &cli.Command{
 		Name:      "mount",
 		Usage:     "mount the encrypting view of DATASTORE at MOUNTPOINT (runs in the foreground)",
@@ -64,14 +72,25 @@ func mountCommand() *cli.Command {
 		Description: "Examples:\n" +
 			"   cryptds mount --dev --state-dir /tmp/kms /srv/ds /mnt/ds\n" +
 			"   cryptds mount --kmip kms1:5696,kms2:5696 --kmip-ca ca.pem --kmip-cert host.pem --kmip-key host.key /srv/ds /mnt/ds\n" +
-			"   cryptds mount --config /etc/cryptds/ds1.toml /srv/ds /mnt/ds\n\n" +
+			"   cryptds mount --config /etc/cryptds/ds1.toml /srv/ds /mnt/ds\n" +
+			"   cryptds mount --dev --state-dir /tmp/kms --metrics-listen 127.0.0.1:9523 --allow-other /srv/ds /mnt/ds\n\n" +
 			"The mount is ready when 'mountpoint -q MOUNTPOINT' succeeds. SIGINT or SIGTERM unmount\n" +
 			"cleanly; if files are still open the daemon names them, keeps serving and unmounts\n" +
-			"as soon as the last one is closed.",
-		Flags:        flags,
-		Before:       altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config")),
+			"as soon as the last one is closed.\n\n" +
+			"As a service: with NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once\n" +
+			"mounted and STOPPING=1 when unmounting; SIGHUP re-reads --config and applies\n" +
+			"log-format and debug at once (other changes are logged as needing a remount).",
+		Flags: flags,
+		Before: func(c *cli.Context) error {
+			for _, f := range flags {
+				if n := f.Names()[0]; c.IsSet(n) {
+					pinned[n] = true
+				}
+			}
+			return loadConfig(c)
+		},
 		OnUsageError: usageError,
-		Action:       mountAction,
+		Action:       func(c *cli.Context) error { return mountAction(c, pinned) },
 	}
 }
 
@@ -133,11 +152,13 @@ func openKMS(c *cli.Context, log *slog.Logger) (*keyStack, error) {
 	return ks, nil
 }
 
-func mountAction(c *cli.Context) error {
+// mountAction runs the daemon. pinned names the flags given on the command
+// line or by env var (see mountCommand).
+func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if c.NArg() != 2 {
 		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %d arguments", c.NArg()))
 	}
-	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
+	log, logs, err := newReloadableLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
 	if err != nil {
 		return err
 	}
@@ -161,6 +182,17 @@ func mountAction(c *cli.Context) error {
 		return err
 	}
 
+	var exp *metrics.Exporter
+	if addr := c.String("metrics-listen"); addr != "" {
+		exp = metrics.New()
+		ms, err := exp.Listen(addr, c.Bool("metrics-listen-any"))
+		if err != nil {
+			return withCode(ExitUsage, fmt.Errorf("--metrics-listen: %w", err))
+		}
+		defer ms.Close()
+		log.Info("serving metrics", "url", "http://"+ms.Addr()+"/metrics")
+	}
+
 	ks, err := openKMS(c, log)
 	if err != nil {
 		return err
@@ -177,7 +209,11 @@ func mountAction(c *cli.Context) error {
 	} else {
 		log.Info("KMS reachable", "kms", ks.kmsID, "kmip", fmt.Sprint(ver))
 	}
-	ring, err := keyring.Open(ks.client, keyring.Options{
+	var src keyring.KeySource = ks.client
+	if exp != nil {
+		src = exp.InstrumentKeySource(ks.client, kmsEndpointOf)
+	}
+	ring, err := keyring.Open(src, keyring.Options{
 		Cache:       mode,
 		Dir:         filepath.Join(c.String("state-dir"), "keycache", dsID),
 		HostKeyFile: filepath.Join(c.String("state-dir"), "keycache", "host.key"),
@@ -191,19 +227,51 @@ func mountAction(c *cli.Context) error {
 
 	pool := objcrypt.NewPool(0, 0)
 	defer pool.Close()
-	server, err := cfs.Mount(mnt, cfs.Config{
+	fcfg := cfs.Config{
 		Backing:     datastore,
 		Keys:        ring,
 		Pool:        pool,
 		Logger:      log,
 		DatastoreID: dsID,
 		KMSName:     ks.kmsID,
-	}, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore)})
+	}
+	if exp != nil {
+		fcfg.Observe = exp.ObserveOp
+	}
+	root, err := cfs.NewRoot(fcfg)
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
 	}
+	server, err := cfs.MountRoot(mnt, root, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore)})
+	if err != nil {
+		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
+	}
+	if exp != nil {
+		if err := exp.Attach(root, ring); err != nil {
+			log.Error("metrics: cannot export mount counters", "err", err)
+		}
+	}
 	log.Info("mounted", "datastore", datastore, "mountpoint", mnt, "datastore_id", dsID, "key_cache", c.String("key-cache"))
-	return serveUntilUnmounted(c.Context, server, mnt, log)
+	notify(log, "READY=1\nSTATUS=serving "+mnt)
+	rl := &reloader{c: c, pinned: pinned, file: c.String("config"), logs: logs, log: log,
+		live: liveSettings{logFormat: c.String("log-format"), debug: c.Bool("debug")}}
+	return serveUntilUnmounted(c.Context, server, mnt, log, func() {
+		notify(log, "RELOADING=1")
+		if err := rl.reload(); err != nil {
+			log.Error("config reload failed; nothing changed", "err", err)
+		}
+		notify(log, "READY=1")
+	})
+}
+
+// kmsEndpointOf names the KMS endpoint(s) a KMIP client error came from,
+// for the per-endpoint error metric.
+func kmsEndpointOf(err error) string {
+	var ke *kmipclient.Error
+	if errors.As(err, &ke) {
+		return ke.Endpoint
+	}
+	return ""
 }
 
 // unmounter is the part of *fuse.Server the signal loop needs.
@@ -215,12 +283,14 @@ type unmounter interface {
 // serveUntilUnmounted waits until the mount goes away (cryptds umount,
 // umount(8)) or a signal asks us to unmount. A busy mount is never forced:
 // the daemon names the open files and retries every second, so it
-// unmounts as soon as the last one is closed.
-func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *slog.Logger) error {
+// unmounts as soon as the last one is closed. SIGHUP calls reload (if not
+// nil) and keeps serving. The service manager hears STOPPING=1 when an
+// unmount is first asked for.
+func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *slog.Logger, reload func()) error {
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	ctxDone := ctx.Done()
 	var retry <-chan time.Time
@@ -231,7 +301,12 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 		}
 	}()
 	var lastReport time.Time
+	stopping := false
 	attempt := func() {
+		if !stopping {
+			stopping = true
+			notify(log, "STOPPING=1")
+		}
 		err := srv.Unmount()
 		if err == nil {
 			return
@@ -249,6 +324,9 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 	for {
 		select {
 		case <-done:
+			if !stopping {
+				notify(log, "STOPPING=1")
+			}
 			log.Info("unmounted", "mountpoint", mnt)
 			return nil
 		case <-ctxDone:
@@ -256,6 +334,13 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 			log.Info("shutting down, unmounting")
 			attempt()
 		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				log.Info("SIGHUP received, reloading config")
+				if reload != nil {
+					reload()
+				}
+				continue
+			}
 			log.Info("signal received, unmounting", "signal", s.String())
 			lastReport = time.Time{}
 			attempt()
