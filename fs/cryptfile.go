@@ -41,6 +41,9 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	defer f.r.opDone(OpRead, f.r.opStart())
 	f.o.mu.RLock()
 	defer f.o.mu.RUnlock()
+	if f.o.revoked.Load() {
+		return nil, toErrno(f.r.errShredded(f.n.relPath(), f.o.kek))
+	}
 	n, err := f.readAt(dest, uint64(off))
 	if err != nil {
 		return nil, toErrno(err)
@@ -53,6 +56,9 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	defer f.r.opDone(OpWrite, f.r.opStart())
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
+	if f.o.revoked.Load() {
+		return 0, toErrno(f.r.errShredded(f.n.relPath(), f.o.kek))
+	}
 	if err := f.writeAt(data, uint64(off)); err != nil {
 		return 0, toErrno(err)
 	}

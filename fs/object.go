@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -20,6 +21,11 @@ type objState struct {
 	obj  *objcrypt.Object
 	id   objcrypt.ObjectID
 	refs int // guarded by the owning node's mu
+	// kek is the KEK id the object was opened under; revoked is set when
+	// this mount shreds that KEK, and fails every later read and write.
+	kek     string
+	vm      objcrypt.VMID
+	revoked atomic.Bool
 }
 
 // acquireObject returns the node's open object for hdr, unwrapping the DEK
@@ -42,8 +48,11 @@ func (n *node) acquireObject(ctx context.Context, hdr *objcrypt.Header) (*objSta
 		o.refs++
 		return o, nil
 	}
-	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1}
+	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1, kek: hdr.KEKID, vm: hdr.VMID}
 	n.obj = o
+	n.r.objMu.Lock()
+	n.r.live[o] = n
+	n.r.objMu.Unlock()
 	return o, nil
 }
 
@@ -53,6 +62,9 @@ func (n *node) releaseObject(o *objState) {
 	o.refs--
 	if o.refs == 0 && n.obj == o {
 		n.obj = nil
+		n.r.objMu.Lock()
+		delete(n.r.live, o)
+		n.r.objMu.Unlock()
 	}
 }
 
@@ -60,6 +72,9 @@ func (n *node) releaseObject(o *objState) {
 // Key copies are zeroed before returning; failures are logged once with the
 // file and the key id (never key material).
 func (r *Root) unwrapObject(ctx context.Context, hdr *objcrypt.Header, path string) (*objcrypt.Object, error) {
+	if r.isShredded(hdr.KEKID, hdr.VMID) {
+		return nil, r.errShredded(path, hdr.KEKID)
+	}
 	kek, err := r.cfg.Keys.KEK(ctx, hdr.KEKID)
 	if err != nil {
 		r.stats.keyErr.Add(1)
@@ -84,8 +99,19 @@ func (r *Root) unwrapObject(ctx context.Context, hdr *objcrypt.Header, path stri
 // readHeader reads and cross-checks both header copies of an open backing
 // file. A backing size of 0 is an empty object whose region is not written
 // yet (see createEncrypted); any other size below the region is corrupt.
-func (r *Root) readHeader(fd int, path string) (*objcrypt.Header, error) {
+// It reads under hdrMu shared, so it never sees a shallow rekey's rewrite
+// half done; a disagreement left by an interrupted rekey is repaired
+// (readHeaderTolerant).
+func (r *Root) readHeader(ctx context.Context, fd int, path string) (*objcrypt.Header, error) {
+	r.hdrMu.RLock()
 	h, err := r.readHeaderInner(fd)
+	r.hdrMu.RUnlock()
+	var mm *headerMismatch
+	if errors.As(err, &mm) {
+		r.hdrMu.Lock()
+		h, err = r.readHeaderTolerant(ctx, fd, path)
+		r.hdrMu.Unlock()
+	}
 	if err != nil {
 		r.stats.hdrErr.Add(1)
 		r.log.Error("cryptds: bad object header", "file", path, "err", err)
@@ -130,7 +156,7 @@ func (r *Root) readHeaderInner(fd int) (*objcrypt.Header, error) {
 		return nil, fmt.Errorf("header region: %w", err)
 	}
 	if !h.Equal(rh) {
-		return nil, fmt.Errorf("header xattr and in-file header region disagree: %w", objcrypt.ErrHeader)
+		return nil, &headerMismatch{xattr: h, region: rh}
 	}
 	return h, nil
 }

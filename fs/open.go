@@ -99,7 +99,7 @@ func (n *node) openCrypt(ctx context.Context, flags uint32) (*cryptFile, error) 
 	if err != nil {
 		return nil, err
 	}
-	hdr, err := n.r.readHeader(fd, n.relPath())
+	hdr, err := n.r.readHeader(ctx, fd, n.relPath())
 	if err != nil {
 		unix.Close(fd)
 		return nil, err

@@ -71,7 +71,8 @@ func (r *Root) policyText(d *node, dfd int) string {
 
 // setPolicy handles setxattr user.cryptds.policy on a directory: "encrypted"
 // creates a KEK for the directory in the KMS and stores a new wrapped DEK;
-// "none" removes the policy. Only new files are affected either way.
+// "none" removes the policy (only new files are affected either way).
+// "rekey", "rekey-deep" and "shred" act on an existing policy (rekey.go).
 func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) error {
 	v := strings.TrimSpace(string(value))
 	switch v {
@@ -83,8 +84,12 @@ func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) er
 		r.log.Info("cryptds: encryption policy removed", "dir", d.relPath())
 		return nil
 	case "encrypted":
+	case policyRekey, policyRekeyDeep:
+		return r.rekey(ctx, d, dfd, v == policyRekeyDeep)
+	case policyShred:
+		return r.shred(ctx, d, dfd)
 	default:
-		return fmt.Errorf("policy value %q (want \"encrypted\" or \"none\"): %w", v, syscall.EINVAL)
+		return fmt.Errorf("policy value %q (want \"encrypted\", \"none\", \"rekey\", \"rekey-deep\" or \"shred\"): %w", v, syscall.EINVAL)
 	}
 	if _, err := unix.Getxattr(procPath(dfd), xattrPolicy, nil); err == nil {
 		return fmt.Errorf("%s already has a policy: %w", d.relPath(), syscall.EEXIST)

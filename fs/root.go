@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/cryptds/cryptds/objcrypt"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +29,16 @@ type Root struct {
 
 	openMu sync.Mutex
 	open   map[openHandle]struct{} // writable handles, for OpenFiles
+
+	// hdrMu orders header rewrites (shallow rekey, repair) against header
+	// reads at open: readers share it, rewriters hold it exclusively.
+	hdrMu sync.RWMutex
+	// objMu guards live (every open object and its node, so shred can
+	// revoke them) and shredded (KEK ids this mount destroyed).
+	objMu    sync.Mutex
+	live     map[*objState]*node
+	shredded map[string]bool
+	shredVMs map[objcrypt.VMID]bool
 }
 
 var _ gofs.InodeEmbedder = (*Root)(nil)
@@ -57,7 +68,8 @@ func NewRoot(cfg Config) (*Root, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("fs: stat backing directory %s: %w", cfg.Backing, err)
 	}
-	r := &Root{cfg: cfg, log: cfg.Logger, rand: cfg.Rand, rootDev: st.Dev, open: map[openHandle]struct{}{}}
+	r := &Root{cfg: cfg, log: cfg.Logger, rand: cfg.Rand, rootDev: st.Dev, open: map[openHandle]struct{}{},
+		live: map[*objState]*node{}, shredded: map[string]bool{}, shredVMs: map[objcrypt.VMID]bool{}}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
