@@ -1,0 +1,109 @@
+//go:build integration
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// helperPath is where util-linux mount(8) looks for the helper of type
+// fuse.cryptds: it searches /sbin, /sbin/fs.d and /sbin/fs, not PATH.
+const helperPath = "/sbin/mount.fuse.cryptds"
+
+// installHelper links the binary under test as mount(8)'s helper and
+// removes the link afterwards. An existing helper (an installed cryptds)
+// is left alone and the test skipped outside CI.
+func installHelper(t *testing.T) {
+	t.Helper()
+	if _, err := os.Lstat(helperPath); err == nil {
+		require(t, false, helperPath+" does not exist yet (the test installs its own)")
+	}
+	if err := os.Symlink(binary, helperPath); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(helperPath) })
+}
+
+// daemonOf finds the pid of the cryptds daemon serving mnt.
+func daemonOf(t *testing.T, mnt string) int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", "^cryptds mount .* "+mnt+"$").Output()
+	var pid int
+	fmt.Sscan(string(out), &pid)
+	return pid
+}
+
+// TestFstabMount mounts through mount(8) -t fuse.cryptds with a config file
+// (dev KMS), as an fstab line would, writes through it, and unmounts with
+// umount(8); the daemon exits by itself.
+func TestFstabMount(t *testing.T) {
+	requireRoot(t)
+	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
+	backing, mnt, state := dirs(t)
+	installHelper(t)
+	cfg := filepath.Join(t.TempDir(), "ds.toml")
+	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
+	logf := filepath.Join(t.TempDir(), "daemon.log")
+	t.Cleanup(func() {
+		if isMounted(mnt) {
+			exec.Command("umount", mnt).Run()
+		}
+	})
+
+	out, err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt,
+		"-o", "config="+cfg+",allow_other,nodev,_netdev,log="+logf).CombinedOutput()
+	if err != nil {
+		b, _ := os.ReadFile(logf)
+		t.Fatalf("mount -t fuse.cryptds: %v\n%s\ndaemon log:\n%s", err, out, b)
+	}
+	if !isMounted(mnt) {
+		t.Fatal("mount(8) returned but nothing is mounted")
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if !strings.Contains(string(mi), mnt+" ") || !strings.Contains(string(mi), "fuse.cryptds cryptds:"+backing) ||
+		!strings.Contains(string(mi), "allow_other") {
+		t.Errorf("mount table entry not as expected:\n%s", mi)
+	}
+	pid := daemonOf(t, mnt)
+	if pid == 0 {
+		t.Fatal("no daemon process found for the mount")
+	}
+	vm := filepath.Join(mnt, "vm1")
+	if err := os.Mkdir(vm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	encryptDir(t, vm)
+	data := pattern("FSTAB-PATTERN-", 1<<20)
+	if err := os.WriteFile(filepath.Join(vm, "disk"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	searchBacking(t, backing, data[:64])
+
+	// A second mount of the same mountpoint fails with the daemon's code.
+	if err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt, "-o", "config="+cfg+",log="+logf).Run(); err == nil {
+		t.Error("mounting an already mounted datastore succeeded")
+	}
+
+	if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v\n%s", err, out)
+	}
+	if !waitFor(10*time.Second, func() bool { return daemonOf(t, mnt) == 0 }) {
+		t.Errorf("daemon %d still running after umount", pid)
+	}
+	b, _ := os.ReadFile(logf)
+	if !strings.Contains(string(b), "msg=unmounted") {
+		t.Errorf("daemon log lacks a clean unmount:\n%s", b)
+	}
+
+	// Bad options fail mount(8) before anything starts.
+	out, err = exec.Command("mount", "-t", "fuse.cryptds", backing, mnt, "-o", "config="+cfg+",bogus").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bogus") {
+		t.Errorf("bogus option: err %v, output %s", err, out)
+	}
+}
