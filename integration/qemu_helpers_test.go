@@ -44,6 +44,9 @@ func remount(t *testing.T, backing, mnt string) *mountProc {
 // mkVMDir creates name under mnt, with an encryption policy if encrypted.
 func mkVMDir(t *testing.T, mnt, name string, encrypted bool) string {
 	t.Helper()
+	if !isMounted(mnt) {
+		t.Fatalf("%s is not mounted", mnt)
+	}
 	d := filepath.Join(mnt, name)
 	if err := os.Mkdir(d, 0o755); err != nil {
 		t.Fatal(err)
