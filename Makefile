@@ -2,7 +2,22 @@
 GO ?= go
 BIN := bin/cryptds
 
-.PHONY: all build test unit lint integration demo bench fuzz clean
+.PHONY: all build test unit lint integration demo bench fuzz clean install uninstall
+
+# Install locations (DESTDIR is honoured). mount(8) looks for helpers in
+# /sbin only, whatever PREFIX is.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= /sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+DOCDIR ?= $(PREFIX)/share/doc/cryptds
+# Every installed path, for uninstall and the install test.
+INSTALLED = $(BINDIR)/cryptds $(SBINDIR)/mount.fuse.cryptds $(UNITDIR)/cryptds@.service \
+	$(MANDIR)/man8/cryptds.8 $(BASHCOMPDIR)/cryptds $(ZSHCOMPDIR)/_cryptds $(DOCDIR)/cryptds.toml.example
 
 all: build
 
@@ -36,6 +51,23 @@ fuzz:
 	for f in FuzzParseHeader FuzzParsePolicy FuzzDecryptBlock FuzzOffsets; do \
 		$(GO) test ./objcrypt -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} -parallel 1 || exit 1; \
 	done
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/cryptds
+	ln -sf $(BINDIR)/cryptds $(DESTDIR)$(SBINDIR)/mount.fuse.cryptds
+	sed 's|/usr/bin/cryptds|$(BINDIR)/cryptds|g' packaging/systemd/cryptds@.service >$(DESTDIR)$(UNITDIR)/cryptds@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cryptds@.service
+	$(BIN) man >$(DESTDIR)$(MANDIR)/man8/cryptds.8
+	$(BIN) completion bash >$(DESTDIR)$(BASHCOMPDIR)/cryptds
+	$(BIN) completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_cryptds
+	chmod 0644 $(DESTDIR)$(MANDIR)/man8/cryptds.8 $(DESTDIR)$(BASHCOMPDIR)/cryptds $(DESTDIR)$(ZSHCOMPDIR)/_cryptds
+	install -m 0644 packaging/cryptds.toml.example $(DESTDIR)$(DOCDIR)/cryptds.toml.example
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf bin

@@ -17,10 +17,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Description: "cryptds mounts an encrypting FUSE view of a VM datastore. Objects of VMs whose\n" +
 			"directory has an encryption policy are encrypted with that VM's key on the\n" +
 			"way to the backing store; QEMU, backup tools and fio see plaintext.",
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: true,
-		OnUsageError:    usageError,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		HideHelpCommand:      true,
+		EnableBashCompletion: true,
+		OnUsageError:         usageError,
 		Commands: []*cli.Command{
 			mountCommand(),
 			umountCommand(),
@@ -29,6 +30,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			fsckCommand(),
 			vmCommand(),
 			versionCommand(),
+			completionCommand(),
+			manCommand(),
 		},
 	}
 	return app
