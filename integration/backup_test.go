@@ -161,6 +161,10 @@ func TestBackupCiphertext(t *testing.T) {
 				sameSums(t, c.name+" copy mounted", treeSums(t, filepath.Join(mnt2, "vm-ct")), want)
 				requirePolicy(t, filepath.Join(mnt2, "vm-ct"))
 				m2.stop()
+				fsck := append(append([]string{"fsck"}, needPyKMIP(t).flags()...), "--state-dir", t.TempDir(), ds2)
+				if out, code := runCode(5*time.Minute, "", nil, binary, fsck...); code != 0 {
+					t.Errorf("cryptds fsck of the %s copy: exit %d, want 0 (clean)\n%s", c.name, code, out)
+				}
 				return
 			}
 
@@ -180,17 +184,32 @@ func TestBackupCiphertext(t *testing.T) {
 			}
 			m2.stop()
 
-			out, code := runCode(5*time.Minute, "", nil, binary, "fsck", "--restore-xattrs", ds2)
+			fsck := append([]string{"fsck"}, needPyKMIP(t).flags()...)
+			fsck = append(fsck, "--state-dir", t.TempDir())
+			out, code := runCode(5*time.Minute, "", nil, binary, append(fsck, "--restore-xattrs", ds2)...)
 			if strings.Contains(out, "No help topic for 'fsck'") || strings.Contains(out, "command not found") {
 				t.Fatalf("`cryptds fsck --restore-xattrs` does not exist yet (exit %d): %s", code, strings.TrimSpace(out))
 			}
 			if code != 0 {
 				t.Fatalf("cryptds fsck --restore-xattrs %s: exit %d\n%s", ds2, code, out)
 			}
+			t.Logf("fsck --restore-xattrs:\n%s", out)
 			requireEncryptedBacking(t, back, []byte(tag))
+			if out, code := runCode(5*time.Minute, "", nil, binary, append(fsck, ds2)...); code != 0 {
+				t.Errorf("cryptds fsck after --restore-xattrs: exit %d, want 0 (clean)\n%s", code, out)
+			}
 			m2 = remount(t, ds2, mnt2)
 			sameSums(t, c.name+" copy after fsck --restore-xattrs", treeSums(t, filepath.Join(mnt2, "vm-ct")), want)
+			// The VM must be whole again: its dir policy back, so what the
+			// VM writes next (a new snapshot delta) is encrypted too.
 			requirePolicy(t, filepath.Join(mnt2, "vm-ct"))
+			if err := os.WriteFile(filepath.Join(mnt2, "vm-ct", "new-delta.qcow2"), []byte(tag+"-NEW"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if !hasXattr(filepath.Join(back, "new-delta.qcow2"), "user.cryptds.hdr") {
+				out, _, _ := cli(t, "vm", "status", filepath.Join(mnt2, "vm-ct"))
+				t.Errorf("a file written into the restored VM after fsck --restore-xattrs is stored PLAIN on the backing store (the VM dir's policy xattr was not restored); vm status:\n%s", out)
+			}
 			m2.stop()
 		})
 	}
