@@ -106,6 +106,25 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 		rep.RemovedLeftovers = append(rep.RemovedLeftovers, l)
 	}
 
+	verify := func(tmpBacking string) error {
+		enc, _, _, err := headerState(tmpBacking)
+		if err != nil {
+			return err
+		}
+		if enc != toEncrypted {
+			return fmt.Errorf("%s: %w (copy encrypted=%v; does the policy reach %s?)", tmpBacking, ErrPolicyNotApplied, enc, filepath.Dir(tmpBacking))
+		}
+		return nil
+	}
+	err = v.convertAll(ctx, todo, opts, verify, &rep)
+	rep.Duration = time.Since(start)
+	return rep, err
+}
+
+// convertAll copies each object of todo through the mount and renames the
+// copy over it (objConv.convert), after verify accepted the copy's backing
+// file; rep counts what was done.
+func (v *vmDir) convertAll(ctx context.Context, todo []object, opts Options, verify func(tmpBacking string) error, rep *Report) error {
 	c := newObjConv()
 	c.hook = opts.testHook
 	c.verify = func(tmp string) error {
@@ -113,14 +132,7 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 		if err != nil {
 			return err
 		}
-		enc, _, _, err := headerState(filepath.Join(v.backing, rel))
-		if err != nil {
-			return err
-		}
-		if enc != toEncrypted {
-			return fmt.Errorf("%s: %w (copy encrypted=%v; does the policy reach %s?)", tmp, ErrPolicyNotApplied, enc, filepath.Dir(tmp))
-		}
-		return nil
+		return verify(filepath.Join(v.backing, rel))
 	}
 	if !opts.Force {
 		c.busy = func(path string) error {
@@ -153,8 +165,7 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 		c.syncDirs = []string{filepath.Dir(o.backing)}
 		n, err := c.convert(ctx, o.path)
 		if err != nil {
-			rep.Duration = time.Since(start)
-			return rep, fmt.Errorf("convert %s: %w", o.path, err)
+			return fmt.Errorf("convert %s: %w", o.path, err)
 		}
 		rep.Converted++
 		rep.Bytes += n
@@ -164,8 +175,7 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 			opts.Progress(p)
 		}
 	}
-	rep.Duration = time.Since(start)
-	return rep, nil
+	return nil
 }
 
 // estimate is how many plaintext data bytes converting o will process.

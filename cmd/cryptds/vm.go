@@ -29,12 +29,14 @@ func vmCommand() *cli.Command {
 			"work through the mount (which must be running) and read the backing store to tell\n" +
 			"encrypted objects from plain ones, so they run as root on the host of the mount.\n\n" +
 			"Examples:\n   cryptds vm list /mnt/ds\n   cryptds vm encrypt /mnt/ds/vm1\n   cryptds vm status --json /mnt/ds/vm1",
-		ArgsUsage: "encrypt|decrypt|list|status [--help] ARGS",
+		ArgsUsage: "encrypt|decrypt|list|status|rekey|shred [--help] ARGS",
 		Subcommands: []*cli.Command{
 			vmConvertCommand(true),
 			vmConvertCommand(false),
 			vmListCommand(),
 			vmStatusCommand(),
+			vmRekeyCommand(),
+			vmShredCommand(),
 		},
 	}
 }
@@ -91,6 +93,8 @@ func vmExit(err error) error {
 		return withCode(ExitNotFound, err)
 	case errors.Is(err, vmctl.ErrNotMount), errors.Is(err, vmctl.ErrBusy):
 		return withCode(ExitMount, err)
+	case errors.Is(err, vmctl.ErrKMS):
+		return withCode(ExitKMS, err)
 	}
 	return withCode(ExitFailure, err)
 }
@@ -301,4 +305,118 @@ func (r *progressReporter) finish(ok bool) {
 	case !r.tty && r.last != r.start:
 		r.line(time.Now())
 	}
+}
+
+func vmRekeyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rekey",
+		Usage:     "rotate a VM's keys: new KEK (shallow, in place, VM may run) or new KEK and DEK (--deep, re-encrypts, VM off)",
+		ArgsUsage: "VMDIR",
+		Description: "Shallow (default): the mount creates a new KEK in the KMS, re-wraps the VM's DEK under it and\n" +
+			"rewrites the policy and both header copies of every object in place. No data is copied and the\n" +
+			"VM may keep running. Every header is checked afterwards; the old KEK ids are printed: once the\n" +
+			"command succeeded they protect nothing and may be revoked and destroyed in the KMS.\n\n" +
+			"--deep: the policy gets a new KEK and a new DEK, then every object is re-encrypted by copy and\n" +
+			"rename through the mount (like vm encrypt: crash-safe, holes kept, progress shown). The VM must\n" +
+			"be off (exit 3 while objects are open for writing, unless --force). Run it again after an\n" +
+			"interruption: it finishes the interrupted rekey instead of starting another.\n\n" +
+			"Exit 4 when the KMS is unreachable (nothing changed), 6 when the VM is not encrypted.\n\n" +
+			"Examples:\n   cryptds vm rekey /mnt/ds/vm1\n   cryptds vm rekey --deep /mnt/ds/vm1",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "deep", Usage: "new DEK too: re-encrypt every object (VM must be off)"},
+			&cli.BoolFlag{Name: "force", Usage: "with --deep: convert even if objects are open for writing (their later writes would be lost)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(ExitUsage, fmt.Errorf("vm rekey needs exactly one VMDIR, got %d arguments", c.NArg()))
+			}
+			if c.Bool("force") && !c.Bool("deep") {
+				return withCode(ExitUsage, errors.New("--force only applies to --deep (a shallow rekey never refuses a running VM)"))
+			}
+			path := c.Args().First()
+			var rep vmctl.RekeyReport
+			var err error
+			if c.Bool("deep") {
+				pr := newProgressReporter(c.App.ErrWriter, "re-encrypting "+filepath.Base(path))
+				rep, err = vmctl.RekeyDeep(c.Context, path, vmctl.Options{Force: c.Bool("force"), Progress: pr.update})
+				pr.finish(err == nil)
+			} else {
+				rep, err = vmctl.Rekey(c.Context, path)
+			}
+			if err != nil {
+				if c.Context.Err() != nil {
+					err = fmt.Errorf("interrupted (run the command again to finish): %w", err)
+				}
+				return vmExit(err)
+			}
+			return printRekey(c, rep)
+		},
+	}
+}
+
+func vmShredCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "shred",
+		Usage:     "destroy a VM's keys in the KMS: its data becomes unreadable forever (needs --yes)",
+		ArgsUsage: "VMDIR",
+		Description: "Revokes and destroys, through the mount, every KEK the VM's policy and objects name, and\n" +
+			"makes the mount forget them at once: open files of the VM fail from the next read or write\n" +
+			"(EKEYREVOKED), every later open fails, also after a remount. There is no undo. The objects\n" +
+			"and the policy stay on disk; remove the directory to reclaim the space. Run it again if it\n" +
+			"failed part way (exit 4: some keys could not be destroyed at the KMS).\n\n" +
+			"Example:\n   cryptds vm shred --yes /mnt/ds/vm1",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "yes", Usage: "confirm: the VM's data is to be made unrecoverable"},
+			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+		},
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(ExitUsage, fmt.Errorf("vm shred needs exactly one VMDIR, got %d arguments", c.NArg()))
+			}
+			if !c.Bool("yes") {
+				return withCode(ExitUsage, fmt.Errorf("vm shred makes %s unreadable forever: add --yes to confirm", c.Args().First()))
+			}
+			rep, err := vmctl.Shred(c.Context, c.Args().First())
+			if err != nil {
+				return vmExit(err)
+			}
+			return printRekey(c, rep)
+		},
+	}
+}
+
+func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, r)
+	}
+	w := c.App.Writer
+	switch r.Mode {
+	case "shred":
+		fmt.Fprintf(w, "shredded %s: %d encrypted objects are now unreadable\n", r.VM, r.Objects)
+		for _, k := range r.OldKEKs {
+			fmt.Fprintf(w, "  destroyed kek: %s\n", k)
+		}
+		return nil
+	case "deep":
+		verb := "deep rekey of"
+		if r.Resumed {
+			verb = "finished the interrupted deep rekey of"
+		}
+		fmt.Fprintf(w, "%s %s: %d objects re-encrypted, %s copied in %.1fs\n", verb, r.VM, r.Converted, humanBytes(r.Bytes), r.Duration.Seconds())
+	default:
+		fmt.Fprintf(w, "rekeyed %s: %d object headers rewritten in place in %.1fs\n", r.VM, r.Objects, r.Duration.Seconds())
+	}
+	fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
+	for _, k := range r.OldKEKs {
+		if k != r.KEKID {
+			fmt.Fprintf(w, "  old kek (no longer used by this VM; may be destroyed in the KMS): %s\n", k)
+		}
+	}
+	if n := len(r.RemovedLeftovers); n > 0 {
+		fmt.Fprintf(w, "  removed %d leftover(s) of an interrupted run\n", n)
+	}
+	return nil
 }
