@@ -22,6 +22,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		OnUsageError:         usageError,
+		// Errors go back to run, which prints them and picks the exit
+		// code; urfave's default handler would os.Exit on its own.
+		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
 			mountCommand(),
 			umountCommand(),

@@ -35,8 +35,9 @@ func withCode(code int, err error) error {
 	return &codedError{code: code, err: err}
 }
 
-// exitCode finds the code of the outermost coded error; urfave usage errors
-// map to ExitUsage.
+// exitCode finds the code of the outermost coded error. urfave's own exit
+// errors (only "No help topic for 'X'" for an unknown command, which it
+// gives code 3) are usage errors: 3 means an unusable mount here.
 func exitCode(err error) int {
 	var ce *codedError
 	if errors.As(err, &ce) {
@@ -44,7 +45,7 @@ func exitCode(err error) int {
 	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
-		return ec.ExitCode()
+		return ExitUsage
 	}
 	return ExitFailure
 }
