@@ -98,12 +98,12 @@ func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) er
 	kekID, err := r.cfg.Keys.NewKEK(ctx, name)
 	if err != nil {
 		r.log.Error("cryptds: cannot create KEK", "dir", d.relPath(), "name", name, "err", err)
-		return fmt.Errorf("create KEK %s: %w", name, err)
+		return kmsError(fmt.Errorf("create KEK %s: %w", name, err))
 	}
 	kek, err := r.cfg.Keys.KEK(ctx, kekID)
 	if err != nil {
 		r.log.Error("cryptds: cannot fetch new KEK", "dir", d.relPath(), "kek", kekID, "err", err)
-		return fmt.Errorf("fetch KEK %s: %w", kekID, err)
+		return kmsError(fmt.Errorf("fetch KEK %s: %w", kekID, err))
 	}
 	defer kek.Zero()
 	dek, err := objcrypt.NewDEK(r.rand)

@@ -235,6 +235,9 @@ func (v *vmDir) setPolicy(value string) error {
 	if errors.Is(err, unix.EEXIST) {
 		return nil
 	}
+	if errors.Is(err, unix.ENOKEY) {
+		return fmt.Errorf("set %s=%s on %s: %w (nothing was changed; check the KMS and the mount's log): %w", PolicyAttr, value, v.path, ErrKMS, err)
+	}
 	if err != nil {
 		return fmt.Errorf("set %s=%s on %s (the key server must be reachable from the mount): %w", PolicyAttr, value, v.path, err)
 	}
