@@ -22,6 +22,9 @@ dest=$cache/$pkg
 # Bump when /init or the layout changes so stale caches are rebuilt.
 version=3
 
+# Concurrent test runs share the cache: one builds, the others wait.
+exec 9>"$cache/.lock"
+flock 9
 if [ ! -f "$dest/done" ] || [ "$(cat "$dest/done")" != "$version" ]; then
 	work=$(mktemp -d "$cache/build.XXXXXX")
 	trap 'rm -rf "$work"' EXIT
