@@ -11,6 +11,7 @@
 package fsck
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/pkg/xattr"
 
@@ -61,6 +63,7 @@ const (
 	KindHeaderMismatch = "header-mismatch" // xattr and in-file copy differ
 	KindXattrMissing   = "xattr-missing"   // in-file header but no xattr (restorable)
 	KindXattrRestored  = "xattr-restored"  // --restore-xattrs put it back
+	KindPolicyRestored = "policy-restored" // --restore-xattrs re-created a directory policy lost with the header xattrs
 	KindSize           = "size"            // backing size not a valid ciphertext size
 	KindBlockAuth      = "block-auth"      // a stored block fails authentication
 	KindDEKUnwrap      = "dek-unwrap"      // the wrapped DEK does not open under its KEK
@@ -86,16 +89,17 @@ type Finding struct {
 
 // Report is the outcome of Check; it is also the --json output.
 type Report struct {
-	Datastore      string    `json:"datastore"`
-	Objects        int       `json:"objects"`           // regular files
-	Encrypted      int       `json:"encrypted_objects"` // with a header
-	Plain          int       `json:"plain_objects"`
-	Policies       int       `json:"policies"`
-	Verified       int       `json:"verified_objects"` // every block authenticated
-	BlocksVerified uint64    `json:"blocks_verified"`
-	Restored       int       `json:"restored_xattrs"`
-	KeysChecked    bool      `json:"keys_checked"` // false: structure only (no KMS)
-	Findings       []Finding `json:"findings"`
+	Datastore        string    `json:"datastore"`
+	Objects          int       `json:"objects"`           // regular files
+	Encrypted        int       `json:"encrypted_objects"` // with a header
+	Plain            int       `json:"plain_objects"`
+	Policies         int       `json:"policies"`
+	Verified         int       `json:"verified_objects"` // every block authenticated
+	BlocksVerified   uint64    `json:"blocks_verified"`
+	Restored         int       `json:"restored_xattrs"`
+	PoliciesRestored int       `json:"restored_policies"`
+	KeysChecked      bool      `json:"keys_checked"` // false: structure only (no KMS)
+	Findings         []Finding `json:"findings"`
 }
 
 // Corrupt reports whether any finding is an error.
@@ -141,6 +145,9 @@ type checker struct {
 	deks map[string]objcrypt.Key
 	// keyErr remembers a KEK id that failed, so it is asked for once.
 	keyErr map[string]error
+	// restoredIn collects, per directory, the headers whose xattr this run
+	// re-created: the copy that lost them lost the directory policy too.
+	restoredIn map[string][]*objcrypt.Header
 }
 
 // Check walks the backing datastore root and reports what it finds. The
@@ -156,7 +163,7 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 	}
 	c := &checker{ctx: ctx, root: root, opts: opts,
 		rep:  &Report{Datastore: root, KeysChecked: opts.Keys != nil, Findings: []Finding{}},
-		deks: map[string]objcrypt.Key{}, keyErr: map[string]error{}}
+		deks: map[string]objcrypt.Key{}, keyErr: map[string]error{}, restoredIn: map[string][]*objcrypt.Header{}}
 	defer func() {
 		for _, k := range c.deks {
 			k.Zero()
@@ -185,6 +192,7 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 	if err != nil {
 		return c.rep, err
 	}
+	c.restorePolicies()
 	sort.SliceStable(c.rep.Findings, func(i, j int) bool { return c.rep.Findings[i].Path < c.rep.Findings[j].Path })
 	return c.rep, nil
 }
@@ -316,6 +324,7 @@ func (c *checker) checkFile(p, rel, name string) {
 			return
 		}
 		c.rep.Restored++
+		c.restoredIn[filepath.Dir(p)] = append(c.restoredIn[filepath.Dir(p)], rh)
 		c.add(rel, KindXattrRestored, SeverityWarning, "header xattr re-created from the in-file header copy")
 		c.verify(f, rel, rh, size)
 		return
@@ -451,5 +460,54 @@ func (c *checker) verify(f *os.File, rel string, h *objcrypt.Header, size int64)
 	}
 	if bad == 0 {
 		c.rep.Verified++
+	}
+}
+
+// restorePolicies re-creates the policy of each directory in which this run
+// restored header xattrs and which has no policy: an xattr-dropping copy
+// loses the directory's policy with the headers, and without it the next
+// file the VM writes there would be stored in plaintext. The policy is
+// rebuilt from the headers (VM id, KEK id and wrapped DEK are the
+// authenticated part of a policy), only when every restored header of the
+// directory agrees. A directory whose objects kept their xattrs (a
+// half-done "vm decrypt") is never touched.
+func (c *checker) restorePolicies() {
+	dirs := make([]string, 0, len(c.restoredIn))
+	for d := range c.restoredIn {
+		dirs = append(dirs, d)
+	}
+	sort.Strings(dirs)
+	for _, dir := range dirs {
+		hs := c.restoredIn[dir]
+		rel := c.rel(dir)
+		if _, err := xattr.LGet(dir, PolicyAttr); !errors.Is(err, xattr.ENOATTR) {
+			continue // a policy is there (or unreadable, reported by checkDir)
+		}
+		first := hs[0]
+		agree := true
+		for _, h := range hs[1:] {
+			if h.VMID != first.VMID || h.KEKID != first.KEKID || !bytes.Equal(h.WrappedDEK, first.WrappedDEK) {
+				agree = false
+				break
+			}
+		}
+		if !agree {
+			c.add(rel, KindPolicyMissing, SeverityWarning,
+				"the directory policy was lost with the header xattrs, but its objects name different keys: not re-created; new files here are stored in plaintext until 'cryptds vm encrypt' is run on it through the mount")
+			continue
+		}
+		pol := &objcrypt.Policy{Version: objcrypt.PolicyVersion1, VMID: first.VMID, KEKID: first.KEKID,
+			WrappedDEK: bytes.Clone(first.WrappedDEK), Created: time.Now().UTC()}
+		b, err := pol.MarshalBinary()
+		if err == nil {
+			err = xattr.LSetWithFlags(dir, PolicyAttr, b, xattr.XATTR_CREATE)
+		}
+		if err != nil {
+			c.add(rel, KindRestoreRefused, SeverityError, fmt.Sprintf("re-create the directory policy: %v", err))
+			continue
+		}
+		c.rep.PoliciesRestored++
+		c.add(rel, KindPolicyRestored, SeverityWarning,
+			fmt.Sprintf("directory policy re-created from the restored headers (KEK %s, VM %s)", first.KEKID, first.VMID))
 	}
 }

@@ -133,6 +133,13 @@ func TestCheck(t *testing.T) {
 		{"policy lost", func(t *testing.T, p string, _ *vmFixture) {
 			xattr.Remove(filepath.Dir(p), PolicyAttr)
 		}, Options{}, []string{KindPolicyMissing}, false},
+		{"xattrs and policy lost, restored", func(t *testing.T, p string, _ *vmFixture) {
+			xattr.Remove(p, HeaderAttr)
+			xattr.Remove(filepath.Dir(p), PolicyAttr)
+		}, Options{RestoreXattrs: true}, []string{KindPolicyRestored, KindXattrRestored}, false},
+		{"policy lost, xattrs kept: not re-created", func(t *testing.T, p string, _ *vmFixture) {
+			xattr.Remove(filepath.Dir(p), PolicyAttr)
+		}, Options{RestoreXattrs: true}, []string{KindPolicyMissing}, false},
 		{"key shredded", func(t *testing.T, p string, v *vmFixture) { v.keys.gone["kek-1"] = true }, Options{}, []string{KindKeyGone}, false},
 		{"kms down", func(t *testing.T, p string, v *vmFixture) { v.keys.down = true }, Options{}, []string{KindKeyUnavailable}, false},
 	}
@@ -163,6 +170,20 @@ func TestCheck(t *testing.T) {
 			}
 			if rep.Objects < 2 || rep.Plain < 1 {
 				t.Errorf("counts %+v", rep)
+			}
+			switch raw, err := xattr.Get(filepath.Join(root, "vm1"), PolicyAttr); tc.name {
+			case "xattrs and policy lost, restored":
+				pol, perr := objcrypt.ParsePolicy(raw)
+				if err != nil || perr != nil || pol.VMID != v.pol.VMID || pol.KEKID != v.pol.KEKID || !bytes.Equal(pol.WrappedDEK, v.pol.WrappedDEK) {
+					t.Errorf("re-created policy %s (%v, %v), want the VM's identity", raw, err, perr)
+				}
+				if rep.PoliciesRestored != 1 {
+					t.Errorf("PoliciesRestored = %d", rep.PoliciesRestored)
+				}
+			case "policy lost, xattrs kept: not re-created":
+				if err == nil {
+					t.Errorf("policy re-created for a directory whose objects kept their xattrs: %s", raw)
+				}
 			}
 			if tc.name == "xattr restored" {
 				b, err := xattr.Get(disk, HeaderAttr)

@@ -150,6 +150,6 @@ func printFsck(w io.Writer, r *fsck.Report) {
 	case r.Incomplete():
 		state = "INCOMPLETE"
 	}
-	fmt.Fprintf(w, "%s: %s: %d objects (%d encrypted, %d plain), %s, %d policies, %d xattrs restored, %d findings\n",
-		r.Datastore, state, r.Objects, r.Encrypted, r.Plain, verified, r.Policies, r.Restored, len(r.Findings))
+	fmt.Fprintf(w, "%s: %s: %d objects (%d encrypted, %d plain), %s, %d policies, %d xattrs and %d policies restored, %d findings\n",
+		r.Datastore, state, r.Objects, r.Encrypted, r.Plain, verified, r.Policies, r.Restored, r.PoliciesRestored, len(r.Findings))
 }
