@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin/cryptds
 
-.PHONY: all build test unit lint integration demo bench fuzz clean install uninstall
+.PHONY: all build test unit lint integration libvirt-test demo bench fuzz clean install uninstall
 
 # Install locations (DESTDIR is honoured). mount(8) looks for helpers in
 # /sbin only, whatever PREFIX is.
@@ -31,10 +31,10 @@ lint:
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# make test = lint + unit tests (+ integration when root and /dev/fuse exist,
+# make test = lint + unit tests (+ integration and the libvirt tier when root and /dev/fuse exist,
 # as in CI, where their absence is a failure, not a skip).
 test: lint unit
-	@if [ "$$(id -u)" = 0 ] && [ -c /dev/fuse ]; then $(MAKE) integration; \
+	@if [ "$$(id -u)" = 0 ] && [ -c /dev/fuse ]; then $(MAKE) integration && $(MAKE) libvirt-test; \
 	elif [ -n "$$CI" ]; then echo "CI: integration tests need root and /dev/fuse" >&2; exit 1; \
 	else echo "integration tests skipped: need root and /dev/fuse"; fi
 
@@ -68,6 +68,11 @@ install: build
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+# The libvirt tier: libvirtd runs a TCG guest from a dir pool on an
+# encrypted cryptds mount (slow; needs libvirt-daemon-system, see .ci/run).
+libvirt-test: build
+	bash integration/libvirt.sh
 
 clean:
 	rm -rf bin
