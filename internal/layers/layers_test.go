@@ -71,7 +71,11 @@ func TestNoUpwardImports(t *testing.T) {
 		"objcrypt":   {"keyring", "kmipclient", "fs", "devkms", "cmd/"},
 		"kmipclient": {"keyring", "fs", "objcrypt", "devkms", "cmd/"},
 		"keyring":    {"fs", "devkms", "cmd/"},
-		"fs":         {"kmipclient", "devkms", "cmd/"},
+		"fs":         {"kmipclient", "devkms", "keyring", "vmctl", "fsck", "metrics", "cmd/"},
+		"vmctl":      {"fs", "keyring", "kmipclient", "devkms", "fsck", "metrics", "cmd/"},
+		"fsck":       {"fs", "keyring", "kmipclient", "devkms", "vmctl", "metrics", "cmd/"},
+		"metrics":    {"kmipclient", "devkms", "vmctl", "fsck", "cmd/"},
+		"devkms":     {"objcrypt", "keyring", "kmipclient", "fs", "vmctl", "fsck", "metrics", "cmd/"},
 	}
 	for pkg, bad := range forbidden {
 		full := module + "/" + pkg
