@@ -5,20 +5,13 @@ package objcrypt
 // last must be full. pool may be nil (everything inline); requests of at
 // least the pool's threshold are spread over its workers. Give dst enough
 // capacity (len(dst)+len(plain)+blocks*BlockOverhead) to allocate nothing.
-// On failure it returns dst followed by the blocks before the failed one.
+// On failure (the random source failed) it returns dst followed by the
+// blocks encrypted before the failing batch of nonces.
 func (o *Object) EncryptBlocks(dst, plain []byte, firstBlock uint64, pool *Pool) ([]byte, error) {
 	if pool != nil && len(plain) >= pool.threshold() {
 		return pool.encrypt(o, dst, plain, firstBlock)
 	}
-	var err error
-	for b := firstBlock; len(plain) > 0; b++ {
-		n := min(len(plain), PlainBlockSize)
-		if dst, err = o.EncryptBlock(dst, plain[:n], b); err != nil {
-			return dst, err
-		}
-		plain = plain[n:]
-	}
-	return dst, nil
+	return o.encryptRun(dst, plain, firstBlock)
 }
 
 // DecryptBlocks appends the plaintext of consecutive stored blocks (starting

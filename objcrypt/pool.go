@@ -4,7 +4,14 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
+
+// chunksPerWorker cuts a request finer than one chunk per worker: whoever
+// is running takes the next chunk, so a helper that the scheduler starts
+// late still helps instead of running its share after the caller has
+// finished (a static split measured only 1.2x on 2 cores).
+const chunksPerWorker = 8
 
 // DefaultParallelThreshold is the request size (plaintext bytes) from which
 // bulk crypto is split over the pool; smaller requests stay inline because
@@ -14,10 +21,10 @@ const DefaultParallelThreshold = 32 * PlainBlockSize
 
 // Pool is a fixed set of worker goroutines that encrypt or decrypt the
 // blocks of large requests in parallel. One Pool is shared by every open
-// file; it is safe for concurrent use. A request is cut into at most
-// Workers() contiguous chunks: the calling goroutine does one itself and
-// hands the others to the workers, so a pool of one worker is the same as
-// inline and no goroutine idles while its request is being served.
+// file; it is safe for concurrent use. A request is cut into up to
+// chunksPerWorker×Workers() contiguous chunks that the calling goroutine
+// and up to Workers()-1 helpers take one at a time, so a pool of one worker
+// is the same as inline and no goroutine idles while its request is served.
 type Pool struct {
 	workers  int
 	minBytes int
@@ -37,6 +44,8 @@ type poolBatch struct {
 	first   uint64
 	nBlocks int
 	per     int // blocks per chunk
+	chunks  int
+	next    atomic.Int32 // next chunk to take
 
 	failAt []int   // per chunk: index of the failed block
 	errs   []error // per chunk: first error
@@ -44,10 +53,9 @@ type poolBatch struct {
 	wg     sync.WaitGroup
 }
 
-// poolTask is chunk c of batch b.
+// poolTask asks a worker to help with batch b.
 type poolTask struct {
 	b *poolBatch
-	c int
 }
 
 // NewPool starts workers goroutines (<= 0: one per core). Requests below
@@ -62,15 +70,15 @@ func NewPool(workers, minBytes int) *Pool {
 	p := &Pool{workers: workers, minBytes: minBytes, jobs: make(chan *poolTask, workers)}
 	p.batches.New = func() any {
 		return &poolBatch{
-			failAt: make([]int, workers),
-			errs:   make([]error, workers),
+			failAt: make([]int, workers*chunksPerWorker),
+			errs:   make([]error, workers*chunksPerWorker),
 			tasks:  make([]poolTask, workers),
 		}
 	}
 	for range workers {
 		go func() {
 			for t := range p.jobs {
-				t.b.run(t.c)
+				t.b.drain()
 				t.b.wg.Done()
 			}
 		}()
@@ -94,9 +102,29 @@ func (p *Pool) Workers() int { return p.workers }
 
 func (p *Pool) threshold() int { return p.minBytes }
 
+// drain takes chunks until none is left.
+func (b *poolBatch) drain() {
+	for {
+		c := int(b.next.Add(1)) - 1
+		if c >= b.chunks {
+			return
+		}
+		b.run(c)
+	}
+}
+
 // run does chunk c of the batch, stopping at its first failing block.
 func (b *poolBatch) run(c int) {
 	from, to := c*b.per, min((c+1)*b.per, b.nBlocks)
+	if b.encrypt {
+		// one run per chunk: its blocks are contiguous in the output
+		at := b.base + from*CipherBlockSize
+		pb := b.in[from*PlainBlockSize : min(to*PlainBlockSize, len(b.in))]
+		if _, err := b.o.encryptRun(b.out[at:at], pb, b.first+uint64(from)); err != nil {
+			b.errs[c], b.failAt[c] = err, from
+		}
+		return
+	}
 	for i := from; i < to; i++ {
 		var err error
 		if b.encrypt {
@@ -120,28 +148,29 @@ func (b *poolBatch) run(c int) {
 // one (by block order), exactly as the inline loop would.
 func (p *Pool) do(o *Object, encrypt bool, dst, in []byte, nBlocks, outLen int, firstBlock uint64) ([]byte, error) {
 	b := p.batches.Get().(*poolBatch)
-	chunks := min(p.workers, nBlocks)
+	chunks := min(p.workers*chunksPerWorker, nBlocks)
 	b.o, b.encrypt, b.in, b.first, b.nBlocks = o, encrypt, in, firstBlock, nBlocks
 	b.base = len(dst)
 	b.out = growTo(dst, b.base+outLen)
 	b.per = (nBlocks + chunks - 1) / chunks
 	chunks = (nBlocks + b.per - 1) / b.per // no empty chunk
+	b.chunks = chunks
+	b.next.Store(0)
 	clear(b.errs)
 
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
-		for c := range chunks {
-			b.run(c)
-		}
+		b.drain()
 	} else {
-		b.wg.Add(chunks - 1)
-		for c := 1; c < chunks; c++ {
-			b.tasks[c] = poolTask{b: b, c: c}
-			p.jobs <- &b.tasks[c]
+		helpers := min(p.workers-1, chunks-1)
+		b.wg.Add(helpers)
+		for h := range helpers {
+			b.tasks[h] = poolTask{b: b}
+			p.jobs <- &b.tasks[h]
 		}
 		p.mu.RUnlock()
-		b.run(0)
+		b.drain()
 		b.wg.Wait()
 	}
 

@@ -70,9 +70,23 @@ func TestPoolEncryptErrorPosition(t *testing.T) {
 	}
 	p := NewPool(1, 1) // one worker: the calling goroutine does everything, in order
 	defer p.Close()
+	// Nonces are read per chunk, in batches of up to nonceBatch: the chunk
+	// whose read fails is not encrypted; whole blocks before it (at most
+	// the 10 whose nonces exist) are returned, in order, and decrypt.
 	got, err := o.EncryptBlocks([]byte("p"), make([]byte, 20*PlainBlockSize), 0, p)
-	if !errors.Is(err, errNoEntropy) || len(got) != 1+10*CipherBlockSize {
-		t.Fatalf("EncryptBlocks = %d bytes, %v; want p + 10 blocks, errNoEntropy", len(got), err)
+	if !errors.Is(err, errNoEntropy) || (len(got)-1)%CipherBlockSize != 0 || len(got) > 1+10*CipherBlockSize {
+		t.Fatalf("EncryptBlocks = %d bytes, %v; want p + at most 10 whole blocks, errNoEntropy", len(got), err)
+	}
+	if plain, err := o.DecryptBlocks(nil, got[1:], 0, nil); err != nil || len(plain) != (len(got)-1)/CipherBlockSize*PlainBlockSize {
+		t.Fatalf("returned blocks do not decrypt: %d bytes, %v", len(plain), err)
+	}
+	o2, err := NewObject(v.dek, id, &failAfter{n: (nonceBatch + 3) * NonceSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = o2.EncryptBlocks([]byte("p"), make([]byte, (nonceBatch+10)*PlainBlockSize), 0, nil)
+	if !errors.Is(err, errNoEntropy) || len(got) != 1+nonceBatch*CipherBlockSize {
+		t.Fatalf("EncryptBlocks = %d bytes, %v; want p + one batch of %d blocks, errNoEntropy", len(got), err, nonceBatch)
 	}
 }
 
