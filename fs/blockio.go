@@ -36,14 +36,25 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 	first, count := objcrypt.BlockRange(off, end-off)
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
-	cb := f.r.bufs.get(int(cEnd - cOff))
-	defer f.r.bufs.put(cb)
+	cb := f.r.bufs.getCipher(int(cEnd - cOff))
+	defer f.r.bufs.putCipher(cb)
 	n, err := preadFull(f.fd, *cb, int64(cOff))
 	if err != nil {
 		return 0, err
 	}
 	if n < len(*cb) {
 		return 0, fmt.Errorf("%s: backing file shorter than its size: %w", f.n.relPath(), unix.EIO)
+	}
+	if off%bs == 0 && min((first+count)*bs, psize)-off <= uint64(len(dest)) {
+		// Block-aligned start and the blocks' plaintext fits the caller's
+		// buffer (the end is block aligned or the end of file): decrypt
+		// straight into it (no copy, no pooled plaintext).
+		plain, err := f.o.obj.DecryptBlocks(dest[:0], *cb, first, f.r.cfg.Pool)
+		if err != nil {
+			return 0, f.blockError(err)
+		}
+		f.r.stats.decrypted(len(plain))
+		return len(plain), nil
 	}
 	pb := f.r.bufs.get(int(count * bs))
 	defer f.r.bufs.put(pb)
@@ -92,13 +103,13 @@ func (f *cryptFile) ensureRegion(csize uint64) (uint64, error) {
 func (f *cryptFile) storedBlock(blk, csize uint64) (*[]byte, error) {
 	off := objcrypt.CipherOffsetOfBlock(blk)
 	end := min(off+cbs, csize)
-	b := f.r.bufs.get(int(end - off))
+	b := f.r.bufs.getCipher(int(end - off))
 	n, err := preadFull(f.fd, *b, int64(off))
 	if err == nil && n < len(*b) {
 		err = fmt.Errorf("%s: short read of block %d: %w", f.n.relPath(), blk, unix.EIO)
 	}
 	if err != nil {
-		f.r.bufs.put(b)
+		f.r.bufs.putCipher(b)
 		return nil, err
 	}
 	return b, nil
@@ -136,7 +147,7 @@ func (u *undo) restore(cause error) {
 
 func (u *undo) release() {
 	for _, s := range u.saved {
-		u.f.r.bufs.put(s.buf)
+		u.f.r.bufs.putCipher(s.buf)
 	}
 }
 
@@ -172,7 +183,7 @@ func (f *cryptFile) writeAt(data []byte, off uint64) error {
 	cOldEnd := min(objcrypt.CipherOffsetOfBlock(last+1), csize)
 	var old []byte
 	if cOldEnd > cOff {
-		ob := f.r.bufs.get(int(cOldEnd - cOff))
+		ob := f.r.bufs.getCipher(int(cOldEnd - cOff))
 		u.save(cOff, ob)
 		n, err := preadFull(f.fd, *ob, int64(cOff))
 		if err == nil && n < len(*ob) {
@@ -186,27 +197,23 @@ func (f *cryptFile) writeAt(data []byte, off uint64) error {
 	}
 
 	pStart, pEnd := first*bs, min((last+1)*bs, newSize)
-	pb := f.r.bufs.get(int(pEnd - pStart))
-	defer f.r.bufs.put(pb)
-	plain := *pb
-	headDone := false
-	if off%bs != 0 && first < oldBlocks {
-		if err := f.decryptInto(plain, old, 0, first); err != nil {
+	cb := f.r.bufs.getCipher(int(objcrypt.CipherSizeFromPlain(pEnd) - objcrypt.CipherSizeFromPlain(pStart)))
+	defer f.r.bufs.putCipher(cb)
+	var plain []byte
+	if off%bs == 0 && (end%bs == 0 || end >= psize) {
+		// No edge block to merge (aligned start; the end is aligned or
+		// the new end of file): encrypt the caller's data in place of a
+		// pooled plaintext copy.
+		plain = data
+	} else {
+		pb := f.r.bufs.get(int(pEnd - pStart))
+		defer f.r.bufs.put(pb)
+		plain = *pb
+		if err := f.mergeEdges(plain, old, data, off, end, psize, first, last, oldBlocks); err != nil {
 			u.restore(err)
 			return err
 		}
-		headDone = true
 	}
-	if end%bs != 0 && last < oldBlocks && end < psize && !(last == first && headDone) {
-		if err := f.decryptInto(plain, old, last-first, last); err != nil {
-			u.restore(err)
-			return err
-		}
-	}
-	copy(plain[off-pStart:], data)
-
-	cb := f.r.bufs.get(int(objcrypt.CipherSizeFromPlain(pEnd) - objcrypt.CipherSizeFromPlain(pStart)))
-	defer f.r.bufs.put(cb)
 	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], plain, first, f.r.cfg.Pool)
 	if err != nil {
 		u.restore(err)
@@ -217,6 +224,27 @@ func (f *cryptFile) writeAt(data []byte, off uint64) error {
 		u.restore(err)
 		return err
 	}
+	return nil
+}
+
+// mergeEdges fills plain (the plaintext of blocks first..last) with the
+// old content of a partly overwritten first and last block and the new
+// data in between.
+func (f *cryptFile) mergeEdges(plain, old, data []byte, off, end, psize, first, last, oldBlocks uint64) error {
+	pStart := first * bs
+	headDone := false
+	if off%bs != 0 && first < oldBlocks {
+		if err := f.decryptInto(plain, old, 0, first); err != nil {
+			return err
+		}
+		headDone = true
+	}
+	if end%bs != 0 && last < oldBlocks && end < psize && !(last == first && headDone) {
+		if err := f.decryptInto(plain, old, last-first, last); err != nil {
+			return err
+		}
+	}
+	copy(plain[off-pStart:], data)
 	return nil
 }
 
@@ -250,8 +278,8 @@ func (f *cryptFile) rewriteBlock(u *undo, blk, csize, newLen uint64, zero *[2]ui
 	if zero != nil {
 		clear(plain[zero[0]:zero[1]])
 	}
-	cb := f.r.bufs.get(cbs)
-	defer f.r.bufs.put(cb)
+	cb := f.r.bufs.getCipher(cbs)
+	defer f.r.bufs.putCipher(cb)
 	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain, blk)
 	if err != nil {
 		return err
@@ -322,8 +350,8 @@ func (f *cryptFile) shrinkBlock(blk uint64, old []byte, r, newCsize uint64) erro
 	if err != nil {
 		return f.blockError(err)
 	}
-	cb := f.r.bufs.get(cbs)
-	defer f.r.bufs.put(cb)
+	cb := f.r.bufs.getCipher(cbs)
+	defer f.r.bufs.putCipher(cb)
 	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain[:r], blk)
 	if err != nil {
 		return err
@@ -400,4 +428,100 @@ func (f *cryptFile) punchLocked(off, size uint64) error {
 		}
 	}
 	return nil
+}
+
+// writeWholeBlocks serves a write of whole blocks at a block-aligned
+// offset into an object without a partial last block. Such a write touches
+// no block but its own and leaves every stored block full, so it runs with
+// the object lock shared and only its block range held: in parallel with
+// other such writes and with reads of other blocks. handled is false when
+// the write needs the exclusive path (unaligned, header region not yet
+// written, or a partial last block to re-encrypt). On a backing-store
+// error the touched blocks are put back (old ciphertext, or a hole where
+// the file had no block) and trim asks the caller to cut a partly written
+// trailing block under the exclusive lock.
+func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, trim *tailTrim, err error) {
+	if off%bs != 0 || len(data) == 0 || uint64(len(data))%bs != 0 {
+		return false, nil, nil
+	}
+	f.o.mu.RLock()
+	defer f.o.mu.RUnlock()
+	if f.o.revoked.Load() {
+		return true, nil, f.r.errShredded(f.n.relPath(), f.o.kek)
+	}
+	first, n := off/bs, uint64(len(data))/bs
+	tok := f.o.blocks.lock(first, first+n, true)
+	defer f.o.blocks.unlock(tok)
+	csize, psize, err := f.sizes(true)
+	if err != nil {
+		return true, nil, err
+	}
+	if csize < objcrypt.HeaderRegionSize || psize%bs != 0 {
+		return false, nil, nil
+	}
+	cOff, cEnd := objcrypt.CipherOffsetOfBlock(first), objcrypt.CipherOffsetOfBlock(first+n)
+	var old *[]byte
+	if cOldEnd := min(cEnd, csize); cOldEnd > cOff {
+		old = f.r.bufs.getCipher(int(cOldEnd - cOff))
+		defer f.r.bufs.putCipher(old)
+		got, err := preadFull(f.fd, *old, int64(cOff))
+		if err == nil && got < len(*old) {
+			err = fmt.Errorf("%s: short read: %w", f.n.relPath(), unix.EIO)
+		}
+		if err != nil {
+			return true, nil, err
+		}
+	}
+	cb := f.r.bufs.getCipher(int(cEnd - cOff))
+	defer f.r.bufs.putCipher(cb)
+	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], data, first, f.r.cfg.Pool)
+	if err != nil {
+		return true, nil, err
+	}
+	f.r.stats.encrypted(len(data))
+	if err := pwriteFull(f.fd, enc, int64(cOff)); err != nil {
+		f.undoWholeBlocks(old, cOff, cEnd, err)
+		var st unix.Stat_t
+		if unix.Fstat(f.fd, &st) == nil && uint64(st.Size) > cOff && uint64(st.Size) < cEnd {
+			return true, &tailTrim{size: uint64(st.Size), to: max(cOff, csize)}, err
+		}
+		return true, nil, err
+	}
+	return true, nil, nil
+}
+
+// tailTrim is a trailing fragment a failed whole-block write left behind:
+// the backing size it made, and the frame boundary to cut back to.
+type tailTrim struct{ size, to uint64 }
+
+// undoWholeBlocks puts the old stored bytes of a failed whole-block write
+// back and punches the blocks the file did not have before, so they read
+// as holes: no block is left half written.
+func (f *cryptFile) undoWholeBlocks(old *[]byte, cOff, cEnd uint64, cause error) {
+	newFrom := cOff
+	if old != nil {
+		if err := pwriteFull(f.fd, *old, int64(cOff)); err != nil {
+			f.r.log.Error("cryptds: cannot restore blocks after a failed write", "file", f.n.relPath(), "cause", cause, "err", err)
+		}
+		newFrom = cOff + uint64(len(*old))
+	}
+	if newFrom < cEnd {
+		if err := unix.Fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(newFrom), int64(cEnd-newFrom)); err != nil {
+			f.r.log.Error("cryptds: cannot clear blocks after a failed write", "file", f.n.relPath(), "cause", cause, "err", err)
+		}
+	}
+}
+
+// trimPartialTail cuts the fragment a failed whole-block write left at the
+// end of the file. Called with the object lock held exclusively, so no
+// other write is extending the file; if the size moved since the failure,
+// another write has already made the end consistent and nothing is cut.
+func (f *cryptFile) trimPartialTail(t *tailTrim) {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil || uint64(st.Size) != t.size {
+		return
+	}
+	if err := unix.Ftruncate(f.fd, int64(t.to)); err != nil {
+		f.r.log.Error("cryptds: cannot cut a partly written block after a failed write", "file", f.n.relPath(), "err", err)
+	}
 }

@@ -14,20 +14,29 @@ const (
 	largeBuf = (maxWrite/objcrypt.PlainBlockSize + 2) * objcrypt.CipherBlockSize
 )
 
+// bufPools keeps plaintext and ciphertext buffers apart: plaintext buffers
+// are cleared when returned (so they come back zeroed, which the edge-block
+// merge relies on, and no plaintext lingers), ciphertext buffers are not.
 type bufPools struct {
-	small, large sync.Pool
+	small, large             sync.Pool // plaintext, zeroed
+	cipherSmall, cipherLarge sync.Pool // ciphertext, dirty
 }
 
 // get returns a buffer of length n. Buffers larger than the large class are
 // allocated (only truncate/fallocate of huge ranges can ask for them).
-func (p *bufPools) get(n int) *[]byte {
+func (p *bufPools) get(n int) *[]byte { return getFrom(&p.small, &p.large, n) }
+
+// getCipher returns a buffer for ciphertext; its content is undefined.
+func (p *bufPools) getCipher(n int) *[]byte { return getFrom(&p.cipherSmall, &p.cipherLarge, n) }
+
+func getFrom(small, large *sync.Pool, n int) *[]byte {
 	var pool *sync.Pool
 	var size int
 	switch {
 	case n <= smallBuf:
-		pool, size = &p.small, smallBuf
+		pool, size = small, smallBuf
 	case n <= largeBuf:
-		pool, size = &p.large, largeBuf
+		pool, size = large, largeBuf
 	default:
 		b := make([]byte, n)
 		return &b
@@ -41,16 +50,24 @@ func (p *bufPools) get(n int) *[]byte {
 	return &b
 }
 
-// put returns a buffer. Its used length is cleared first so no plaintext
-// lingers in pooled memory longer than a request; callers never reslice
-// *b beyond what get returned.
+// put returns a plaintext buffer from get. Its used length is cleared
+// first so no plaintext lingers in pooled memory longer than a request (and
+// the next get finds zeros); callers never reslice *b beyond what get
+// returned.
 func (p *bufPools) put(b *[]byte) {
 	clear(*b)
-	c := cap(*b)
-	switch c {
+	putTo(&p.small, &p.large, b)
+}
+
+// putCipher returns a buffer from getCipher without clearing it: it held
+// only ciphertext, which is what the backing store holds anyway.
+func (p *bufPools) putCipher(b *[]byte) { putTo(&p.cipherSmall, &p.cipherLarge, b) }
+
+func putTo(small, large *sync.Pool, b *[]byte) {
+	switch cap(*b) {
 	case smallBuf:
-		p.small.Put(b)
+		small.Put(b)
 	case largeBuf:
-		p.large.Put(b)
+		large.Put(b)
 	}
 }

@@ -44,6 +44,12 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if f.o.revoked.Load() {
 		return nil, toErrno(f.r.errShredded(f.n.relPath(), f.o.kek))
 	}
+	if len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	first, count := objcrypt.BlockRange(uint64(off), uint64(len(dest)))
+	tok := f.o.blocks.lock(first, first+count, false)
+	defer f.o.blocks.unlock(tok)
 	n, err := f.readAt(dest, uint64(off))
 	if err != nil {
 		return nil, toErrno(err)
@@ -54,6 +60,17 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 // Write encrypts the request, read-modify-writing only its edge blocks.
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.r.opDone(OpWrite, f.r.opStart())
+	if handled, trim, err := f.writeWholeBlocks(data, uint64(off)); handled {
+		if trim != nil {
+			f.o.mu.Lock()
+			f.trimPartialTail(trim)
+			f.o.mu.Unlock()
+		}
+		if err != nil {
+			return 0, toErrno(err)
+		}
+		return uint32(len(data)), 0
+	}
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
 	if f.o.revoked.Load() {

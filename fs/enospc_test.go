@@ -59,6 +59,23 @@ func TestENOSPC(t *testing.T) {
 	if st.Size() != 1<<20 {
 		t.Fatalf("size after failed write %d, want %d", st.Size(), 1<<20)
 	}
+	// the same with a whole-block write (the parallel path): no half block
+	// is left, everything that is there reads back and authenticates
+	aligned := randBytes(2 << 20)
+	if _, err := f.WriteAt(aligned, 1<<20); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("whole-block write beyond space: %v, want ENOSPC", err)
+	}
+	st, _ = f.Stat()
+	all := make([]byte, st.Size())
+	if n, err := f.ReadAt(all, 0); err != nil && n != len(all) {
+		t.Fatalf("read after whole-block ENOSPC: %d of %d, %v", n, len(all), err)
+	}
+	if !bytes.Equal(all[:(1<<20)-1000], good[:(1<<20)-1000]) {
+		t.Fatal("data before the failed whole-block write changed")
+	}
+	if tf.root.Stats().AuthFailures != 0 {
+		t.Fatal("a block failed authentication after a whole-block ENOSPC")
+	}
 	// small writes into a full filesystem still report ENOSPC, not EIO
 	g, err := os.Create(tf.m("vm/other"))
 	if err == nil {

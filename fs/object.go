@@ -14,13 +14,15 @@ import (
 
 // objState is an open encrypted object, shared by every handle of one
 // inode: the object AEAD (so no key lookup happens per block) and the lock
-// that keeps blocks untorn. Readers share the lock; anything that rewrites
-// blocks or changes the size holds it exclusively.
+// that keeps blocks untorn. Reads and whole-block writes share mu and take
+// their block range in blocks; anything that rewrites a partial block or
+// changes the size in another way holds mu exclusively.
 type objState struct {
-	mu   sync.RWMutex
-	obj  *objcrypt.Object
-	id   objcrypt.ObjectID
-	refs int // guarded by the owning node's mu
+	mu     sync.RWMutex
+	blocks blockLocks
+	obj    *objcrypt.Object
+	id     objcrypt.ObjectID
+	refs   int // guarded by the owning node's mu
 	// kek is the KEK id the object was opened under; revoked is set when
 	// this mount shreds that KEK, and fails every later read and write.
 	kek     string
