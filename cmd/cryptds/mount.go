@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -162,6 +163,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return err
 	}
+	setMemoryLimit(log)
 	datastore, err := filepath.Abs(c.Args().Get(0))
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -348,4 +350,18 @@ func serveUntilUnmounted(ctx context.Context, srv unmounter, mnt string, log *sl
 			attempt()
 		}
 	}
+}
+
+// defaultMemoryLimit is the daemon's soft heap limit. Under O_DIRECT load
+// with many 1 MiB requests in flight, pooled request buffers let the heap
+// grow until the next GC (peak RSS 309 MiB in the fio matrix); a soft limit
+// makes the GC collect earlier instead. GOMEMLIMIT overrides it.
+const defaultMemoryLimit = 128 << 20
+
+func setMemoryLimit(log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(defaultMemoryLimit)
+	log.Debug("soft memory limit set", "bytes", defaultMemoryLimit)
 }
