@@ -15,9 +15,10 @@ const chunksPerWorker = 8
 
 // DefaultParallelThreshold is the request size (plaintext bytes) from which
 // bulk crypto is split over the pool; smaller requests stay inline because
-// the hand-off costs more than it saves. Chosen by BenchmarkThreshold (see
-// docs/BENCHMARKS.md); gocryptfs measured the same order, ~32 blocks.
-const DefaultParallelThreshold = 32 * PlainBlockSize
+// the hand-off costs more than it saves. BenchmarkThreshold on this project's
+// 2-core machines: pooled is slower up to 32 blocks, about even at 64 and
+// clearly faster at 128 (docs/BENCHMARKS.md); gocryptfs chose ~32 blocks.
+const DefaultParallelThreshold = 64 * PlainBlockSize
 
 // Pool is a fixed set of worker goroutines that encrypt or decrypt the
 // blocks of large requests in parallel. One Pool is shared by every open
