@@ -1,69 +1,24 @@
 package vmctl
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/cryptds/cryptds/internal/mountinfo"
 )
 
 // sourcePrefix starts the mount-table source of every cryptds mount; the
 // rest is the absolute backing directory.
 const sourcePrefix = "cryptds:"
 
-// mountEntry is one line of /proc/self/mountinfo.
-type mountEntry struct{ point, source, fstype string }
+// mountEntry is one line of the mount table.
+type mountEntry = mountinfo.Entry
 
 // parseMountinfo reads the mountinfo format (octal escapes decoded).
-func parseMountinfo(r io.Reader) ([]mountEntry, error) {
-	var out []mountEntry
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		left, right, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		lf, rf := strings.Fields(left), strings.Fields(right)
-		if len(lf) < 5 || len(rf) < 2 {
-			continue
-		}
-		out = append(out, mountEntry{point: unescapeMount(lf[4]), fstype: rf[0], source: unescapeMount(rf[1])})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	return out, nil
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+func parseMountinfo(r io.Reader) ([]mountEntry, error) { return mountinfo.Parse(r) }
 
 // backingOf returns the backing directory of the cryptds mount whose root is
 // point, or "" when point is not one. When mounts are stacked on one point the
@@ -71,25 +26,18 @@ func unescapeMount(s string) string {
 func backingOf(mounts []mountEntry, point string) string {
 	backing := ""
 	for _, m := range mounts {
-		if m.point != point {
+		if m.Point != point {
 			continue
 		}
 		backing = ""
-		if strings.HasPrefix(m.fstype, "fuse") && strings.HasPrefix(m.source, sourcePrefix) {
-			backing = strings.TrimPrefix(m.source, sourcePrefix)
+		if strings.HasPrefix(m.FSType, "fuse") && strings.HasPrefix(m.Source, sourcePrefix) {
+			backing = strings.TrimPrefix(m.Source, sourcePrefix)
 		}
 	}
 	return backing
 }
 
-func readMounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	defer f.Close()
-	return parseMountinfo(f)
-}
+func readMounts() ([]mountEntry, error) { return mountinfo.Read() }
 
 // canonical makes a path absolute and resolves symlinks, so it can be
 // compared with mount points.

@@ -107,8 +107,8 @@ func refuseMounted(ds string) error {
 		return withCode(ExitNotFound, fmt.Errorf("datastore: %w", err))
 	}
 	for _, m := range mounts {
-		if m.source == fsName(ds) || m.source == fsName(real) {
-			return withCode(ExitMount, fmt.Errorf("datastore %s is mounted at %s: unmount it first (fsck is offline)", ds, m.point))
+		if m.Source == fsName(ds) || m.Source == fsName(real) {
+			return withCode(ExitMount, fmt.Errorf("datastore %s is mounted at %s: unmount it first (fsck is offline)", ds, m.Point))
 		}
 	}
 	return nil

@@ -229,7 +229,7 @@ func mountedHere(target, source string) bool {
 		return false
 	}
 	for _, m := range ms {
-		if m.point == target && (source == "" || m.source == source) {
+		if m.Point == target && (source == "" || m.Source == source) {
 			return true
 		}
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/pkg/xattr"
+
+	"github.com/cryptds/cryptds/internal/mountinfo"
 )
 
 // datastoreIDAttr names the backing root's stable random id; KEK names in
@@ -69,11 +70,11 @@ func checkMountpoint(mnt, datastore string) error {
 		return err
 	}
 	for _, m := range mounts {
-		if m.point == mnt {
-			return withCode(ExitMount, fmt.Errorf("mountpoint %s is already a mount point (%s)", mnt, m.source))
+		if m.Point == mnt {
+			return withCode(ExitMount, fmt.Errorf("mountpoint %s is already a mount point (%s)", mnt, m.Source))
 		}
-		if m.source == fsName(datastore) {
-			return withCode(ExitMount, fmt.Errorf("datastore %s is already mounted at %s", datastore, m.point))
+		if m.Source == fsName(datastore) {
+			return withCode(ExitMount, fmt.Errorf("datastore %s is already mounted at %s", datastore, m.Point))
 		}
 	}
 	ents, err := os.ReadDir(mnt)
@@ -90,58 +91,8 @@ func checkMountpoint(mnt, datastore string) error {
 // so an already-mounted datastore can be recognised.
 func fsName(datastore string) string { return "cryptds:" + datastore }
 
-type mountEntry struct{ source, point, fstype string }
-
-// readMounts parses /proc/self/mountinfo (octal escapes decoded).
-func readMounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		left, right, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		lf, rf := strings.Fields(left), strings.Fields(right)
-		if len(lf) < 5 || len(rf) < 2 {
-			continue
-		}
-		out = append(out, mountEntry{point: unescapeMount(lf[4]), fstype: rf[0], source: unescapeMount(rf[1])})
-	}
-	return out, sc.Err()
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// readMounts is the kernel mount table.
+func readMounts() ([]mountinfo.Entry, error) { return mountinfo.Read() }
 
 // openFilesUnder lists "path (process pid)" for every file under dir held
 // open by any process, to say why a mount is busy.

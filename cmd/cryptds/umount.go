@@ -32,7 +32,7 @@ func umountCommand() *cli.Command {
 			}
 			found := false
 			for _, m := range mounts {
-				if m.point == mnt && strings.HasPrefix(m.source, "cryptds:") {
+				if m.Point == mnt && strings.HasPrefix(m.Source, "cryptds:") {
 					found = true
 				}
 			}
