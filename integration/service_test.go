@@ -248,6 +248,17 @@ func TestMetricsMoveUnderIO(t *testing.T) {
 	if kmsOps < 2 { // create_kek + get_key
 		t.Errorf("KMS requests counted: %v, want >= 2", kmsOps)
 	}
+	// per endpoint: the KMIP client's observer labels each round trip
+	// with the endpoint that served it (the dev KMS here)
+	perEndpoint := 0.0
+	for k, v := range after {
+		if strings.HasPrefix(k, `cryptds_kmip_round_trip_seconds_count{endpoint="127.0.0.1:`) {
+			perEndpoint += v
+		}
+	}
+	if perEndpoint < 2 {
+		t.Errorf("KMIP round trips per endpoint: %v, want >= 2", perEndpoint)
+	}
 	if during["cryptds_fs_open_encrypted_handles"] < 1 || after["cryptds_fs_open_encrypted_handles"] != 0 {
 		t.Errorf("open encrypted handles: %v while open, %v after close", during["cryptds_fs_open_encrypted_handles"], after["cryptds_fs_open_encrypted_handles"])
 	}

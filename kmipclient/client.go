@@ -255,7 +255,11 @@ func (c *Client) callHold(ctx context.Context, op string, idempotent bool, paylo
 			attempts++
 			continue
 		}
+		t0 := time.Now()
 		items, sent, err := c.exchange(ctx, cn, payloads)
+		if c.s.observe != nil {
+			c.s.observe(op, cn.ep.addr, time.Since(t0), err)
+		}
 		if err == nil {
 			res.items, res.endpoint, res.version = items, cn.ep.addr, cn.version
 			return &res, cn, nil

@@ -67,6 +67,12 @@ type Config struct {
 	// Logger receives connection and failover events (never key material);
 	// nil discards them.
 	Logger *slog.Logger
+	// Observe, when set, is told about every round trip and failed dial
+	// with the endpoint that served it: which member of a cluster answers
+	// and how fast is only known here (metrics use it). err is a transport
+	// failure or nil; KMIP result reasons are not errors at this level.
+	// It must be cheap and must not block.
+	Observe func(op, endpoint string, d time.Duration, err error)
 }
 
 // settings is a validated Config with defaults applied.
@@ -79,6 +85,7 @@ type settings struct {
 	maxConns  int
 	lazy      bool
 	log       *slog.Logger
+	observe   func(op, endpoint string, d time.Duration, err error)
 }
 
 func (cfg Config) settings() (*settings, error) {
@@ -88,6 +95,7 @@ func (cfg Config) settings() (*settings, error) {
 		maxConns: cfg.MaxConns,
 		lazy:     cfg.Lazy,
 		log:      cfg.Logger,
+		observe:  cfg.Observe,
 	}
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("kmipclient: no endpoints configured")

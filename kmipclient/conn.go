@@ -136,8 +136,12 @@ func (cn *conn) roundtrip(ctx context.Context, timeout time.Duration, msg *kmip.
 // dialEndpoint opens one TLS connection to ep and negotiates the KMIP
 // version on it. A failure is an *endpointError carrying its sentinel.
 func (c *Client) dialEndpoint(parent context.Context, ep *endpoint) (*conn, error) {
+	t0 := time.Now()
 	fail := func(err error) (*conn, error) {
 		err = ownTimeout(parent, err, c.s.timeout)
+		if c.s.observe != nil {
+			c.s.observe("dial", ep.addr, time.Since(t0), err)
+		}
 		return nil, &endpointError{addr: ep.addr, kind: classifyTransport(err), err: err}
 	}
 	ctx, cancel := context.WithTimeout(parent, c.s.timeout)

@@ -35,6 +35,9 @@ type Exporter struct {
 	ops    *prometheus.HistogramVec
 	kmsDur *prometheus.HistogramVec
 	kmsErr *prometheus.CounterVec
+	// per KMS endpoint, from the KMIP client's observer
+	kmipDur *prometheus.HistogramVec
+	kmipErr *prometheus.CounterVec
 }
 
 // New returns an Exporter with the Go runtime and process collectors and
@@ -59,7 +62,16 @@ func New() *Exporter {
 			Help: "KMS requests that failed, by the endpoint(s) that failed them and operation.",
 		}, []string{"endpoint", "op"}),
 	}
-	e.reg.MustRegister(e.ops, e.kmsDur, e.kmsErr,
+	e.kmipDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "kmip", Name: "round_trip_seconds",
+		Help:    "KMIP round trips and failed dials, by the endpoint that served them and operation.",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .05, .1, .5, 1, 5, 15},
+	}, []string{"endpoint", "op"})
+	e.kmipErr = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "kmip", Name: "transport_errors_total",
+		Help: "KMIP round trips and dials that failed in transport (unreachable, TLS, timeout), by endpoint and operation.",
+	}, []string{"endpoint", "op"})
+	e.reg.MustRegister(e.ops, e.kmsDur, e.kmsErr, e.kmipDur, e.kmipErr,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return e
@@ -160,4 +172,13 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// ObserveKMIP records one KMIP round trip or failed dial against the
+// endpoint that served it; hand it to kmipclient.Config.Observe.
+func (e *Exporter) ObserveKMIP(op, endpoint string, d time.Duration, err error) {
+	e.kmipDur.WithLabelValues(endpoint, op).Observe(d.Seconds())
+	if err != nil {
+		e.kmipErr.WithLabelValues(endpoint, op).Inc()
+	}
 }

@@ -63,7 +63,7 @@ func fsckAction(c *cli.Context) error {
 	}
 	opts := fsck.Options{RestoreXattrs: c.Bool("restore-xattrs"), TempPrefix: vmctl.TempPrefix}
 	if !c.Bool("no-keys") {
-		ks, err := openKMS(c, log)
+		ks, err := openKMS(c, log, nil, false)
 		if err != nil {
 			return err
 		}

@@ -117,7 +117,10 @@ func (k *keyStack) close() {
 }
 
 // openKMS connects to the KMS named by the flags (or starts the dev KMS).
-func openKMS(c *cli.Context, log *slog.Logger) (*keyStack, error) {
+// observe (may be nil) sees every KMIP round trip; lazy defers the first
+// connection (a host starting from its disk key cache while the KMS is
+// down must not fail here).
+func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string, d time.Duration, err error), lazy bool) (*keyStack, error) {
 	ks := &keyStack{}
 	cfg := kmipclient.Config{
 		Endpoints: c.StringSlice("kmip"),
@@ -125,6 +128,8 @@ func openKMS(c *cli.Context, log *slog.Logger) (*keyStack, error) {
 		CertFile:  c.String("kmip-cert"),
 		KeyFile:   c.String("kmip-key"),
 		Logger:    log,
+		Observe:   observe,
+		Lazy:      lazy,
 	}
 	if c.Bool("dev") {
 		if len(cfg.Endpoints) > 0 {
@@ -195,7 +200,11 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		log.Info("serving metrics", "url", "http://"+ms.Addr()+"/metrics")
 	}
 
-	ks, err := openKMS(c, log)
+	var observe func(op, endpoint string, d time.Duration, err error)
+	if exp != nil {
+		observe = exp.ObserveKMIP
+	}
+	ks, err := openKMS(c, log, observe, mode == keyring.CacheDisk)
 	if err != nil {
 		return err
 	}
