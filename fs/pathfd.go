@@ -74,7 +74,7 @@ func (n *node) pathFd() (int, error) {
 	}
 	if want := n.StableAttr().Ino; n.r.stableIno(st.Dev, st.Ino) != want {
 		unix.Close(fd)
-		return -1, fmt.Errorf("%q was replaced on the backing store: %w", name, syscall.ESTALE)
+		return -1, fmt.Errorf("%q was replaced on the backing store: %w", name, syscall.ENOENT)
 	}
 	p.fd = fd
 	return fd, nil
