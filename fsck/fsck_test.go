@@ -107,9 +107,12 @@ func TestCheck(t *testing.T) {
 	}{
 		{"clean", nil, Options{}, nil, false},
 		{"flipped block byte", func(t *testing.T, p string, _ *vmFixture) {
+			// flip a bit (writing a fixed value is a no-op 1 time in 256)
 			f, _ := os.OpenFile(p, os.O_RDWR, 0)
 			defer f.Close()
-			f.WriteAt([]byte{0xff}, objcrypt.HeaderRegionSize+100)
+			b := make([]byte, 1)
+			f.ReadAt(b, objcrypt.HeaderRegionSize+100)
+			f.WriteAt([]byte{b[0] ^ 0x80}, objcrypt.HeaderRegionSize+100)
 		}, Options{}, []string{KindBlockAuth}, true},
 		{"xattr stripped", func(t *testing.T, p string, _ *vmFixture) { xattr.Remove(p, HeaderAttr) }, Options{}, []string{KindXattrMissing}, true},
 		{"xattr restored", func(t *testing.T, p string, _ *vmFixture) { xattr.Remove(p, HeaderAttr) }, Options{RestoreXattrs: true}, []string{KindXattrRestored}, false},
