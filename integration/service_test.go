@@ -219,7 +219,13 @@ func TestMetricsMoveUnderIO(t *testing.T) {
 	}
 	during := scrapeMetrics(t, url)
 	f.Close()
+	// The kernel sends RELEASE asynchronously after close(2) returns: wait
+	// (bounded) for the daemon to see the handle go.
 	after := scrapeMetrics(t, url)
+	for deadline := time.Now().Add(5 * time.Second); after["cryptds_fs_open_encrypted_handles"] != 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		after = scrapeMetrics(t, url)
+	}
 
 	grew := func(name string, min float64) {
 		t.Helper()
