@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/pkg/xattr"
 	"golang.org/x/sys/unix"
 
@@ -56,24 +57,8 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 	case nothingToDo:
 		return rep, fmt.Errorf("%s: %w (no policy, %d plain objects)", v.path, ErrNotEncrypted, len(inv.objects))
 	}
-	if len(inv.orphans) > 0 {
-		return rep, fmt.Errorf("%s: %w: %s; it may hold the only copy of its data: check it and delete or rename it by hand",
-			v.path, ErrOrphan, strings.Join(inv.orphans, ", "))
-	}
-	var linked []string
-	for _, o := range todo {
-		if o.nlink > 1 {
-			linked = append(linked, fmt.Sprintf("%s (%d links)", o.rel, o.nlink))
-		}
-	}
-	if len(linked) > 0 {
-		return rep, fmt.Errorf("%s: %w: %s; copy and rename would split the links: remove the extra links first",
-			v.path, ErrHardLink, strings.Join(linked, ", "))
-	}
-	if !opts.Force {
-		if open := openWriters(v.path, v.backing); len(open) > 0 {
-			return rep, &BusyError{VM: v.path, Files: open}
-		}
+	if err := v.refuseUnsafeCopy(todo, inv.orphans, opts.Force); err != nil {
+		return rep, err
 	}
 	if err := checkSpace(v.backing, todo, toEncrypted); err != nil {
 		return rep, err
@@ -213,23 +198,36 @@ func checkSpace(backing string, todo []object, toEncrypted bool) error {
 	avail := int64(sfs.Bavail) * sfs.Bsize
 	if need > avail {
 		return fmt.Errorf("%w: converting %s needs %d bytes (%s) for its copy, %d bytes (%s) are available on %s",
-			ErrNoSpace, largest, need, humanBytes(need), avail, humanBytes(avail), backing)
+			ErrNoSpace, largest, need, humanize.IBytes(uint64(need)), avail, humanize.IBytes(uint64(avail)), backing)
 	}
 	return nil
 }
 
-// humanBytes formats n in binary units for messages.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+// refuseUnsafeCopy is what every copy-and-rename run checks first:
+// orphaned temp copies (they may hold the only copy of some data), hard
+// links among the objects to copy (a rename would split them) and, unless
+// forced, processes writing to the VM.
+func (v *vmDir) refuseUnsafeCopy(objects []object, orphans []string, force bool) error {
+	if len(orphans) > 0 {
+		return fmt.Errorf("%s: %w: %s; it may hold the only copy of its data: check it and delete or rename it by hand",
+			v.path, ErrOrphan, strings.Join(orphans, ", "))
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
+	var linked []string
+	for _, o := range objects {
+		if o.nlink > 1 {
+			linked = append(linked, fmt.Sprintf("%s (%d links)", o.rel, o.nlink))
+		}
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	if len(linked) > 0 {
+		return fmt.Errorf("%s: %w: %s; copy and rename would split the links: remove the extra links first",
+			v.path, ErrHardLink, strings.Join(linked, ", "))
+	}
+	if !force {
+		if open := openWriters(v.path, v.backing); len(open) > 0 {
+			return &BusyError{VM: v.path, Files: open}
+		}
+	}
+	return nil
 }
 
 // lockVM takes an exclusive flock on the backing VM directory so two

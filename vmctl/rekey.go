@@ -207,24 +207,8 @@ func RekeyDeep(ctx context.Context, vmPath string, opts Options) (RekeyReport, e
 	}
 	defer unlock()
 	rep := RekeyReport{VM: v.path, Mode: "deep", OldKEKs: kekSet(pol, inv), RemovedLeftovers: []string{}}
-	if len(inv.orphans) > 0 {
-		return rep, fmt.Errorf("%s: %w: %s; it may hold the only copy of its data: check it and delete or rename it by hand",
-			v.path, ErrOrphan, strings.Join(inv.orphans, ", "))
-	}
-	var linked []string
-	for _, o := range inv.objects {
-		if o.nlink > 1 {
-			linked = append(linked, fmt.Sprintf("%s (%d links)", o.rel, o.nlink))
-		}
-	}
-	if len(linked) > 0 {
-		return rep, fmt.Errorf("%s: %w: %s; copy and rename would split the links: remove the extra links first",
-			v.path, ErrHardLink, strings.Join(linked, ", "))
-	}
-	if !opts.Force {
-		if open := openWriters(v.path, v.backing); len(open) > 0 {
-			return rep, &BusyError{VM: v.path, Files: open}
-		}
+	if err := v.refuseUnsafeCopy(inv.objects, inv.orphans, opts.Force); err != nil {
+		return rep, err
 	}
 	rec, err := v.policyRecord()
 	if err != nil {

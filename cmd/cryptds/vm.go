@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -216,19 +217,9 @@ func dash(s string) string {
 	return s
 }
 
-// humanBytes formats n in binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// humanBytes formats n in binary units (go-humanize, already in the
+// module graph through badger).
+func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 // progressReporter shows a conversion's progress: a bar (bytes, rate, ETA)
 // when w is a terminal, otherwise a plain line every progressInterval so logs
