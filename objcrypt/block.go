@@ -14,9 +14,10 @@ import (
 // object's AEAD, so the hot path does no key lookup or derivation. It is safe
 // for concurrent use as long as rand is (crypto/rand is).
 type Object struct {
-	id   ObjectID
-	aead cipher.AEAD
-	rand io.Reader
+	id      ObjectID
+	aead    cipher.AEAD
+	rand    io.Reader
+	sysRand bool // rand is crypto/rand: nonces may come from a pooled batch
 }
 
 // NewObject derives the object key from dek and id and prepares the block
@@ -35,7 +36,7 @@ func NewObject(dek []byte, id ObjectID, rnd io.Reader) (*Object, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	return &Object{id: id, aead: aead, rand: rnd}, nil
+	return &Object{id: id, aead: aead, rand: rnd, sysRand: rnd == rand.Reader}, nil
 }
 
 // ID returns the object id.
@@ -74,21 +75,56 @@ func (o *Object) EncryptBlock(dst, plain []byte, block uint64) ([]byte, error) {
 const nonceBatch = 64
 
 // scratch is per-call working memory, pooled because the AEAD interface
-// makes anything passed to it escape to the heap.
+// makes anything passed to it escape to the heap. With the system random
+// source it also carries nonces read ahead: the last left of them are
+// unused, so a one-block write costs a random read only every nonceBatch
+// blocks. Each is handed out once; nonces are public, so keeping them
+// in memory beforehand costs nothing.
 type scratch struct {
 	aad    [blockAADSize]byte
 	nonces [nonceBatch * NonceSize]byte
+	left   int
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
+// nextNonce returns an unused read-ahead nonce of s, refilling the batch
+// from crypto/rand when it is spent.
+func (s *scratch) nextNonce() ([]byte, error) {
+	if s.left == 0 {
+		if _, err := rand.Read(s.nonces[:]); err != nil {
+			return nil, err
+		}
+		s.left = nonceBatch
+	}
+	s.left--
+	return s.nonces[s.left*NonceSize : (s.left+1)*NonceSize], nil
+}
+
 // encryptRun appends the stored form of consecutive plaintext blocks
 // starting at block (every block but the last full) to dst, reading their
-// nonces in batches. The nonces are consumed from the random source in
-// block order, exactly as one read per block would.
+// nonces in batches. With an injected random source the nonces are
+// consumed in block order, exactly as one read per block would, so test
+// vectors are byte-exact.
 func (o *Object) encryptRun(dst, plain []byte, block uint64) ([]byte, error) {
 	s := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(s)
+	if o.sysRand {
+		for len(plain) > 0 {
+			nonce, err := s.nextNonce()
+			if err != nil {
+				return dst, fmt.Errorf("block %d nonce: %w", block, err)
+			}
+			m := min(len(plain), PlainBlockSize)
+			at := len(dst)
+			dst = append(dst, nonce...)
+			dst = o.aead.Seal(dst, dst[at:at+NonceSize], plain[:m], o.blockAAD(&s.aad, block))
+			plain = plain[m:]
+			block++
+		}
+		return dst, nil
+	}
+	s.left = 0 // the read-ahead is overwritten below
 	for len(plain) > 0 {
 		n := min((len(plain)+PlainBlockSize-1)/PlainBlockSize, nonceBatch)
 		nonces := s.nonces[:n*NonceSize]

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestPoolDefaults(t *testing.T) {
@@ -140,6 +141,50 @@ func TestPoolConcurrent(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestPoolHandOff: round trips stay exact whether the helpers are awake
+// (back-to-back requests), parked (pauses longer than spinFor) or all
+// busy (more callers than the queue holds, so callers work alone).
+func TestPoolHandOff(t *testing.T) {
+	v := newTestVM(t, "handoff")
+	for _, c := range []struct {
+		name             string
+		workers, callers int
+		pause            time.Duration
+	}{
+		{"awake", 2, 1, 0},
+		{"parked", 2, 1, 3 * spinFor},
+		{"queue full", 2, 32, 0},
+		{"many workers parked", 8, 4, 3 * spinFor},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := NewPool(c.workers, 1)
+			defer p.Close()
+			var wg sync.WaitGroup
+			for g := range c.callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					o, _ := v.newObject(t, fmt.Sprint(c.name, g))
+					for i := range 10 {
+						plain := randPlain(fmt.Sprint(c.name, g, i), (i+1)*17*PlainBlockSize+i)
+						s, err := o.EncryptBlocks(nil, plain, uint64(i), p)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if back, err := o.DecryptBlocks(nil, s, uint64(i), p); err != nil || !bytes.Equal(back, plain) {
+							t.Errorf("caller %d request %d: round trip failed: %v", g, i, err)
+							return
+						}
+						time.Sleep(c.pause)
+					}
+				}()
+			}
+			wg.Wait()
+		})
 	}
 }
 
