@@ -115,12 +115,25 @@ func (f *cryptFile) storedBlock(blk, csize uint64) (*[]byte, error) {
 	return b, nil
 }
 
+// holdsData reports whether the backing range [off, end) (end <= csize)
+// may hold data. A range that is all hole or unwritten extent (fallocate,
+// qemu-img preallocation=falloc, fio's layout) reads as zeros, that is as
+// hole blocks: a write there needs no old ciphertext for merging or undo,
+// and reading it would only make the kernel zero-fill pages (measured: half
+// the daemon's CPU time on a sequential write into a fallocated file).
+// When the backing filesystem cannot tell, the answer is true.
+func (f *cryptFile) holdsData(off, end, csize uint64) bool {
+	d, ok, err := f.backingSeek(off, unix.SEEK_DATA, csize)
+	return err != nil || (ok && d < end)
+}
+
 // undo is what restore needs: old ciphertext to put back at offsets, and
 // the backing size to cut back to.
 type undo struct {
 	f     *cryptFile
 	csize uint64
 	saved []savedRange
+	holes [][2]uint64 // backing ranges that held no data: punched back
 }
 
 type savedRange struct {
@@ -135,6 +148,11 @@ func (u *undo) restore(cause error) {
 	for _, s := range u.saved {
 		if err := pwriteFull(u.f.fd, *s.buf, int64(s.off)); err != nil {
 			u.f.r.log.Error("cryptds: cannot restore blocks after a failed write", "file", u.f.n.relPath(), "cause", cause, "err", err)
+		}
+	}
+	for _, h := range u.holes {
+		if err := unix.Fallocate(u.f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(h[0]), int64(h[1]-h[0])); err != nil {
+			u.f.r.log.Error("cryptds: cannot clear blocks after a failed write", "file", u.f.n.relPath(), "cause", cause, "err", err)
 		}
 	}
 	var st unix.Stat_t
@@ -181,8 +199,10 @@ func (f *cryptFile) writeAt(data []byte, off uint64) error {
 	// Old ciphertext of the touched blocks: backup, and the edges' content.
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cOldEnd := min(objcrypt.CipherOffsetOfBlock(last+1), csize)
-	var old []byte
-	if cOldEnd > cOff {
+	var old []byte // nil: the old range holds no data (hole blocks)
+	if cOldEnd > cOff && !f.holdsData(cOff, cOldEnd, csize) {
+		u.holes = append(u.holes, [2]uint64{cOff, cOldEnd})
+	} else if cOldEnd > cOff {
 		ob := f.r.bufs.getCipher(int(cOldEnd - cOff))
 		u.save(cOff, ob)
 		n, err := preadFull(f.fd, *ob, int64(cOff))
@@ -251,6 +271,10 @@ func (f *cryptFile) mergeEdges(plain, old, data []byte, off, end, psize, first, 
 // decryptInto decrypts the idx-th stored block of old (block number blk)
 // into plain at idx*bs.
 func (f *cryptFile) decryptInto(plain, old []byte, idx, blk uint64) error {
+	if old == nil { // a hole block
+		clear(plain[idx*bs : min((idx+1)*bs, uint64(len(plain)))])
+		return nil
+	}
 	s := old[idx*cbs : min((idx+1)*cbs, uint64(len(old)))]
 	if _, err := f.o.obj.DecryptBlock(plain[idx*bs:idx*bs], s, blk); err != nil {
 		return f.blockError(err)
@@ -460,8 +484,8 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return false, nil, nil
 	}
 	cOff, cEnd := objcrypt.CipherOffsetOfBlock(first), objcrypt.CipherOffsetOfBlock(first+n)
-	var old *[]byte
-	if cOldEnd := min(cEnd, csize); cOldEnd > cOff {
+	var old *[]byte // nil: no old data (past the end, or holes only)
+	if cOldEnd := min(cEnd, csize); cOldEnd > cOff && f.holdsData(cOff, cOldEnd, csize) {
 		old = f.r.bufs.getCipher(int(cOldEnd - cOff))
 		defer f.r.bufs.putCipher(old)
 		got, err := preadFull(f.fd, *old, int64(cOff))
