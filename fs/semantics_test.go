@@ -471,7 +471,8 @@ func TestWritesIntoUnwrittenRanges(t *testing.T) {
 	const size = 64 * 4096
 	writes := []struct{ off, n int }{
 		{100, 50}, {4096, 8192}, {4000, 200}, {5*4096 + 1, 3 * 4096},
-		{20 * 4096, 16 * 4096}, {40*4096 - 7, 4096 + 14}, {63*4096 + 10, 9000},
+		{20 * 4096, 16 * 4096}, {40*4096 - 7, 4096 + 14}, {44*4096 + 5, 18 * 4096},
+		{63*4096 + 10, 9000},
 	}
 	for _, prep := range []string{"fallocate", "truncate"} {
 		t.Run(prep, func(t *testing.T) {
