@@ -469,10 +469,13 @@ func (f *cryptFile) punchLocked(off, size uint64) error {
 // the object lock shared and only its block range held: in parallel with
 // other such writes and with reads of other blocks. handled is false when
 // the write needs the exclusive path (unaligned, header region not yet
-// written, or a partial last block to re-encrypt). On a backing-store
-// error the touched blocks are put back (old ciphertext, or a hole where
-// the file had no block) and trim asks the caller to cut a partly written
-// trailing block under the exclusive lock.
+// written, or a partial last block to re-encrypt).
+//
+// It reads no old ciphertext: every block it touches is wholly the
+// caller's, so a failed write needs no old content back (see
+// repairWholeBlocks), and a random overwrite of a cold image costs one
+// backing write instead of a read and a write. trim asks the caller to cut
+// a partly written trailing block under the exclusive lock.
 func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, trim *tailTrim, err error) {
 	if off%bs != 0 || len(data) == 0 || uint64(len(data))%bs != 0 {
 		return false, nil, nil
@@ -493,18 +496,6 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return false, nil, nil
 	}
 	cOff, cEnd := objcrypt.CipherOffsetOfBlock(first), objcrypt.CipherOffsetOfBlock(first+n)
-	var old *[]byte // nil: no old data (past the end, or holes only)
-	if cOldEnd := min(cEnd, csize); cOldEnd > cOff && f.holdsData(cOff, cOldEnd, csize) {
-		old = f.r.bufs.getCipher(int(cOldEnd - cOff))
-		defer f.r.bufs.putCipher(old)
-		got, err := preadFull(f.fd, *old, int64(cOff))
-		if err == nil && got < len(*old) {
-			err = fmt.Errorf("%s: short read: %w", f.n.relPath(), unix.EIO)
-		}
-		if err != nil {
-			return true, nil, err
-		}
-	}
 	cb := f.r.bufs.getCipher(int(cEnd - cOff))
 	defer f.r.bufs.putCipher(cb)
 	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], data, first, f.r.cfg.Pool)
@@ -512,8 +503,9 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return true, nil, err
 	}
 	f.r.stats.encrypted(len(data))
-	if err := pwriteFull(f.fd, enc, int64(cOff)); err != nil {
-		f.undoWholeBlocks(old, cOff, cEnd, err)
+	written, err := pwriteCounted(f.r.pwrite, f.fd, enc, int64(cOff))
+	if err != nil {
+		f.repairWholeBlocks(cOff, min(cEnd, max(csize, cOff)), cEnd, uint64(written), err)
 		var st unix.Stat_t
 		if unix.Fstat(f.fd, &st) == nil && uint64(st.Size) > cOff && uint64(st.Size) < cEnd {
 			return true, &tailTrim{size: uint64(st.Size), to: max(cOff, csize)}, err
@@ -527,22 +519,28 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 // the backing size it made, and the frame boundary to cut back to.
 type tailTrim struct{ size, to uint64 }
 
-// undoWholeBlocks puts the old stored bytes of a failed whole-block write
-// back and punches the blocks the file did not have before, so they read
-// as holes: no block is left half written.
-func (f *cryptFile) undoWholeBlocks(old *[]byte, cOff, cEnd uint64, cause error) {
-	newFrom := cOff
-	if old != nil {
-		if err := pwriteFull(f.fd, *old, int64(cOff)); err != nil {
-			f.r.log.Error("cryptds: cannot restore blocks after a failed write", "file", f.n.relPath(), "cause", cause, "err", err)
+// repairWholeBlocks leaves no half-written block after a whole-block write
+// of backing range [cOff, cEnd) failed with only its first written bytes
+// stored. [cOff, cOldEnd) existed before the write: its blocks now hold
+// their new content (before the failure point), their old content (after
+// it), or, for the one block the failure cut through, a hole punched in
+// place of a block that would fail authentication; that block lay wholly
+// inside the failed write, whose content POSIX leaves unspecified. Blocks
+// the file did not have before are punched so they read as holes.
+func (f *cryptFile) repairWholeBlocks(cOff, cOldEnd, cEnd, written uint64, cause error) {
+	punch := func(from, to uint64) {
+		if from >= to {
+			return
 		}
-		newFrom = cOff + uint64(len(*old))
-	}
-	if newFrom < cEnd {
-		if err := unix.Fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(newFrom), int64(cEnd-newFrom)); err != nil {
-			f.r.log.Error("cryptds: cannot clear blocks after a failed write", "file", f.n.relPath(), "cause", cause, "err", err)
+		if err := unix.Fallocate(f.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(from), int64(to-from)); err != nil {
+			f.r.log.Error("cryptds: cannot clear a partly written block after a failed write", "file", f.n.relPath(), "cause", cause, "err", err)
 		}
 	}
+	if torn := cOff + written; torn < cOldEnd && written%cbs != 0 {
+		start := cOff + written/cbs*cbs
+		punch(start, min(start+cbs, cOldEnd))
+	}
+	punch(cOldEnd, cEnd)
 }
 
 // trimPartialTail cuts the fragment a failed whole-block write left at the

@@ -86,8 +86,9 @@ type testFS struct {
 }
 
 type testOpts struct {
-	back string // backing dir; default a new temp dir
-	pool *objcrypt.Pool
+	back   string // backing dir; default a new temp dir
+	pool   *objcrypt.Pool
+	pwrite pwriteFunc // replaces the whole-block path's pwrite(2)
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -112,6 +113,9 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	r, err := NewRoot(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.pwrite != nil {
+		r.pwrite = o.pwrite
 	}
 	srv, err := MountRoot(tf.mnt, r, MountOptions{Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
 	if err != nil {

@@ -30,19 +30,30 @@ func preadFull(fd int, buf []byte, off int64) (int, error) {
 // pwriteFull writes all of buf at off. A short write followed by an error
 // returns that error (ENOSPC typically).
 func pwriteFull(fd int, buf []byte, off int64) error {
+	_, err := pwriteCounted(unix.Pwrite, fd, buf, off)
+	return err
+}
+
+// pwriteFunc is the pwrite(2) signature.
+type pwriteFunc func(fd int, p []byte, off int64) (int, error)
+
+// pwriteCounted writes all of buf at off with pw and returns how many bytes
+// reached the file: on an error, exactly the prefix buf[:n] was written
+// (a regular file's write(2) reports a short count before it fails).
+func pwriteCounted(pw pwriteFunc, fd int, buf []byte, off int64) (int, error) {
 	done := 0
 	for done < len(buf) {
-		n, err := unix.Pwrite(fd, buf[done:], off+int64(done))
+		n, err := pw(fd, buf[done:], off+int64(done))
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
+			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), err)
 		}
 		if n == 0 {
-			return fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
+			return done, fmt.Errorf("pwrite at %d: %w", off+int64(done), io.ErrShortWrite)
 		}
 		done += n
 	}
-	return nil
+	return done, nil
 }

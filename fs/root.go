@@ -26,6 +26,7 @@ type Root struct {
 	rootDev uint64
 	stats   counters
 	bufs    bufPools
+	pwrite  pwriteFunc // unix.Pwrite; tests inject backing-store failures
 
 	openMu sync.Mutex
 	open   map[openHandle]struct{} // writable handles, for OpenFiles
@@ -76,6 +77,7 @@ func NewRoot(cfg Config) (*Root, error) {
 	if r.rand == nil {
 		r.rand = rand.Reader
 	}
+	r.pwrite = unix.Pwrite
 	r.node.r = r
 	r.node.pfd = &pathFD{fd: fd, root: true}
 	return r, nil
