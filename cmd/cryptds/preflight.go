@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/pkg/xattr"
 
 	"github.com/cryptds/cryptds/internal/mountinfo"
+	"github.com/cryptds/cryptds/internal/procfd"
 )
 
 // datastoreIDAttr names the backing root's stable random id; KEK names in
@@ -94,25 +93,12 @@ func fsName(datastore string) string { return "cryptds:" + datastore }
 // readMounts is the kernel mount table.
 func readMounts() ([]mountinfo.Entry, error) { return mountinfo.Read() }
 
-// openFilesUnder lists "path (process pid)" for every file under dir held
-// open by any process, to say why a mount is busy.
+// openFilesUnder lists "path (command pid N)" for every file under dir
+// held open by any process, to say why a mount is busy.
 func openFilesUnder(dir string) []string {
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
 	var out []string
-	seen := map[string]bool{}
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	for _, fd := range procs {
-		target, err := os.Readlink(fd)
-		if err != nil || (!strings.HasPrefix(target, prefix) && target != dir) {
-			continue
-		}
-		pid := strings.Split(fd, "/")[2]
-		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
-		s := fmt.Sprintf("%s (%s pid %s)", target, strings.TrimSpace(string(comm)), pid)
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
+	for _, f := range procfd.Under(dir) {
+		out = append(out, fmt.Sprintf("%s (%s pid %d)", f.Path, f.Command, f.PID))
 	}
 	return out
 }
