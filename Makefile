@@ -48,9 +48,7 @@ bench:
 	bash integration/bench.sh
 
 fuzz:
-	for f in FuzzParseHeader FuzzParsePolicy FuzzDecryptBlock FuzzOffsets; do \
-		$(GO) test ./objcrypt -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} -parallel 1 || exit 1; \
-	done
+	GO=$(GO) bash integration/fuzz.sh
 
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \

@@ -1,6 +1,7 @@
 package mountinfo
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -40,4 +41,36 @@ func TestRead(t *testing.T) {
 		}
 	}
 	t.Fatalf("no root mount in %d entries", len(ms))
+}
+
+// FuzzParse: no input makes Parse panic or invent entries (at most one per
+// line), and the kernel's octal escaping of any name decodes back to it.
+func FuzzParse(f *testing.F) {
+	f.Add(`46 27 0:43 / /mnt/my\040ds rw,nosuid - fuse.cryptds cryptds:/srv/back\134slash rw` + "\n")
+	f.Add("22 1 0:21 / /proc rw - proc proc rw\ngarbage\n - \n")
+	f.Add(`1 2 3 4 \0 - a \777`)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := Parse(strings.NewReader(s))
+		if err == nil && len(got) > strings.Count(s, "\n")+1 {
+			t.Fatalf("%d entries from %d lines", len(got), strings.Count(s, "\n")+1)
+		}
+		if back := unescape(escape(s)); back != s {
+			t.Fatalf("unescape(escape(%q)) = %q", s, back)
+		}
+	})
+}
+
+// escape is the kernel's mangling of mount paths (fs/proc_namespace.c):
+// space, tab, newline and backslash as three-digit octal.
+func escape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case ' ', '\t', '\n', '\\':
+			fmt.Fprintf(&b, `\%03o`, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
