@@ -520,3 +520,20 @@ func TestWritesIntoUnwrittenRanges(t *testing.T) {
 		})
 	}
 }
+
+// TestReadAheadRaised: the mount's kernel read-ahead is one max_write, not
+// FUSE's 128 KiB default.
+func TestReadAheadRaised(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	var st unix.Stat_t
+	if err := unix.Stat(tf.mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != fmt.Sprint(readAheadKB) {
+		t.Fatalf("read_ahead_kb = %s, want %d", got, readAheadKB)
+	}
+}
