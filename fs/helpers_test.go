@@ -178,3 +178,17 @@ func isEncryptedBacking(t *testing.T, path string) bool {
 	_, err := unix.Getxattr(path, xattrHeader, nil)
 	return err == nil
 }
+
+// waitReleased waits (bounded) until the kernel's asynchronous RELEASE of
+// every encrypted handle has arrived, so the next open builds its object
+// state afresh (headers re-read, keys fetched) instead of sharing the
+// state of a file that was just closed.
+func (tf *testFS) waitReleased() {
+	tf.t.Helper()
+	for i := 0; tf.root.Stats().OpenEncryptedHandles != 0; i++ {
+		if i == 500 {
+			tf.t.Fatalf("%d encrypted handles still open", tf.root.Stats().OpenEncryptedHandles)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -113,6 +113,7 @@ func TestHeaderMismatch(t *testing.T) {
 	tf.encDir("vm")
 	mustWrite(t, tf.m("vm/a"), []byte("aaaa"))
 	mustWrite(t, tf.m("vm/b"), []byte("bbbb"))
+	tf.waitReleased()
 	// give a the header xattr of b: both copies parse, but disagree
 	hb, err := getxattrAlloc(tf.b("vm/b"), xattrHeader)
 	if err != nil {
@@ -136,6 +137,7 @@ func TestKeyErrors(t *testing.T) {
 	tf := newTestFS(t, testOpts{})
 	tf.encDir("vm")
 	mustWrite(t, tf.m("vm/a"), []byte("aaaa"))
+	tf.waitReleased()
 	tf.keys.setFail(errors.New("KMS unreachable"))
 	if _, err := os.ReadFile(tf.m("vm/a")); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("open without KEK: %v, want EIO", err)
