@@ -36,7 +36,12 @@
 //   - O_DIRECT opens get FOPEN_DIRECT_IO (and parallel direct writes for
 //     encrypted handles); CAP_ASYNC_DIO is requested. Backing files are
 //     opened without O_DIRECT: ciphertext offsets are not sector aligned.
-//   - max_write 1 MiB; large requests are spread over objcrypt's Pool.
+//   - max_write 1 MiB; large requests are spread over objcrypt's Pool. The
+//     mount's read-ahead is raised to the same 1 MiB through sysfs.
+//   - Whole-block writes read no old ciphertext (a failed one punches the
+//     block it cut through); writes up to 64 KiB read their backing pages
+//     in one request first, because 4128-byte stored blocks cover their
+//     first and last page only in part.
 //   - Attribute and entry timeouts 1 s, no negative caching: the daemon is
 //     the only writer, and 1 s bounds staleness after an administrator
 //     edits the backing store directly.
