@@ -75,70 +75,60 @@ func (o *Object) EncryptBlock(dst, plain []byte, block uint64) ([]byte, error) {
 const nonceBatch = 64
 
 // scratch is per-call working memory, pooled because the AEAD interface
-// makes anything passed to it escape to the heap. With the system random
-// source it also carries nonces read ahead: the last left of them are
-// unused, so a one-block write costs a random read only every nonceBatch
-// blocks. Each is handed out once; nonces are public, so keeping them
-// in memory beforehand costs nothing.
+// makes anything passed to it escape to the heap. It also carries nonces
+// read ahead: nonces[next:filled] are unused, so with the system random
+// source a one-block write costs a random read only every nonceBatch
+// blocks. Each is handed out once; nonces are public, so keeping them in
+// memory beforehand costs nothing.
 type scratch struct {
-	aad    [blockAADSize]byte
-	nonces [nonceBatch * NonceSize]byte
-	left   int
+	aad          [blockAADSize]byte
+	nonces       [nonceBatch * NonceSize]byte
+	next, filled int // in nonces
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
-// nextNonce returns an unused read-ahead nonce of s, refilling the batch
-// from crypto/rand when it is spent.
-func (s *scratch) nextNonce() ([]byte, error) {
-	if s.left == 0 {
-		if _, err := rand.Read(s.nonces[:]); err != nil {
+// nonce returns the next unused nonce in s, refilling s from o's random
+// source when it is spent. An injected source is asked for exactly the
+// blocksLeft nonces of the current run (at most a batch), so its bytes
+// are consumed in block order as one read per block would and test vectors
+// stay byte-exact; crypto/rand always fills a whole batch.
+func (o *Object) nonce(s *scratch, blocksLeft int) ([]byte, error) {
+	if s.next == s.filled {
+		n := nonceBatch
+		if !o.sysRand {
+			n = min(blocksLeft, nonceBatch)
+		}
+		if _, err := io.ReadFull(o.rand, s.nonces[:n*NonceSize]); err != nil {
+			s.next, s.filled = 0, 0
 			return nil, err
 		}
-		s.left = nonceBatch
+		s.next, s.filled = 0, n
 	}
-	s.left--
-	return s.nonces[s.left*NonceSize : (s.left+1)*NonceSize], nil
+	s.next++
+	return s.nonces[(s.next-1)*NonceSize : s.next*NonceSize], nil
 }
 
 // encryptRun appends the stored form of consecutive plaintext blocks
 // starting at block (every block but the last full) to dst, reading their
-// nonces in batches. With an injected random source the nonces are
-// consumed in block order, exactly as one read per block would, so test
-// vectors are byte-exact.
+// nonces in batches.
 func (o *Object) encryptRun(dst, plain []byte, block uint64) ([]byte, error) {
 	s := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(s)
-	if o.sysRand {
-		for len(plain) > 0 {
-			nonce, err := s.nextNonce()
-			if err != nil {
-				return dst, fmt.Errorf("block %d nonce: %w", block, err)
-			}
-			m := min(len(plain), PlainBlockSize)
-			at := len(dst)
-			dst = append(dst, nonce...)
-			dst = o.aead.Seal(dst, dst[at:at+NonceSize], plain[:m], o.blockAAD(&s.aad, block))
-			plain = plain[m:]
-			block++
-		}
-		return dst, nil
+	if !o.sysRand {
+		s.next = s.filled // read-ahead from crypto/rand is not this source's
 	}
-	s.left = 0 // the read-ahead is overwritten below
 	for len(plain) > 0 {
-		n := min((len(plain)+PlainBlockSize-1)/PlainBlockSize, nonceBatch)
-		nonces := s.nonces[:n*NonceSize]
-		if _, err := io.ReadFull(o.rand, nonces); err != nil {
+		nonce, err := o.nonce(s, (len(plain)+PlainBlockSize-1)/PlainBlockSize)
+		if err != nil {
 			return dst, fmt.Errorf("block %d nonce: %w", block, err)
 		}
-		for i := range n {
-			m := min(len(plain), PlainBlockSize)
-			at := len(dst)
-			dst = append(dst, nonces[i*NonceSize:(i+1)*NonceSize]...)
-			dst = o.aead.Seal(dst, dst[at:at+NonceSize], plain[:m], o.blockAAD(&s.aad, block))
-			plain = plain[m:]
-			block++
-		}
+		m := min(len(plain), PlainBlockSize)
+		at := len(dst)
+		dst = append(dst, nonce...)
+		dst = o.aead.Seal(dst, dst[at:at+NonceSize], plain[:m], o.blockAAD(&s.aad, block))
+		plain = plain[m:]
+		block++
 	}
 	return dst, nil
 }

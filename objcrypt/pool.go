@@ -105,7 +105,8 @@ func NewPool(workers, minBytes int) *Pool {
 // sequential stream, short enough that an idle pool costs nothing.
 const spinFor = 50 * time.Microsecond
 
-// work serves tasks until the pool is closed.
+// work serves tasks until the pool is closed, then finishes what was
+// queued before Close.
 func (p *Pool) work() {
 	for {
 		t := p.spin()
@@ -114,15 +115,10 @@ func (p *Pool) work() {
 			case <-p.wake:
 				continue
 			case <-p.done:
-				// finish what was queued before Close
-				for {
-					select {
-					case t = <-p.queue:
-						t.b.drain()
-						t.b.helped()
-					default:
-						return
-					}
+				select {
+				case t = <-p.queue:
+				default:
+					return
 				}
 			}
 		}
@@ -131,32 +127,38 @@ func (p *Pool) work() {
 	}
 }
 
-// spin polls the queue for up to spinFor, yielding the core to any other
-// runnable goroutine between polls. It returns nil if nothing came; the
-// worker is then no longer counted as spinning and must park.
+// spin polls the queue for up to spinFor. It returns nil if nothing came;
+// the worker is then no longer counted as spinning and must park.
 func (p *Pool) spin() *poolTask {
-	p.spinning.Add(1)
-	deadline := time.Now().Add(spinFor)
-	for i := 0; ; i++ {
+	var t *poolTask
+	take := func() bool {
 		select {
-		case t := <-p.queue:
-			p.spinning.Add(-1)
-			return t
+		case t = <-p.queue:
+			return true
 		default:
+			return false
 		}
+	}
+	p.spinning.Add(1)
+	pollFor(spinFor, take)
+	p.spinning.Add(-1)
+	if t == nil {
+		// a task queued just before the count dropped found a spinner
+		// and sent no wake-up: look once more
+		take()
+	}
+	return t
+}
+
+// pollFor calls done until it reports true or d has passed, yielding the
+// core to any other runnable goroutine between calls.
+func pollFor(d time.Duration, done func() bool) {
+	deadline := time.Now().Add(d)
+	for i := 0; !done(); i++ {
 		if i%8 == 7 && time.Now().After(deadline) {
-			break
+			return
 		}
 		runtime.Gosched()
-	}
-	p.spinning.Add(-1)
-	// a task queued just before the count dropped found a spinner and
-	// sent no wake-up: look once more
-	select {
-	case t := <-p.queue:
-		return t
-	default:
-		return nil
 	}
 }
 
@@ -204,13 +206,7 @@ func (b *poolBatch) helped() {
 // for up to spinFor before it parks: a helper finishes at most one chunk
 // after the caller, and parking would add a wake-up to every request.
 func (b *poolBatch) waitHelpers() {
-	deadline := time.Now().Add(spinFor)
-	for i := 0; b.helping.Load() > 0; i++ {
-		if i%8 == 7 && time.Now().After(deadline) {
-			break
-		}
-		runtime.Gosched()
-	}
+	pollFor(spinFor, func() bool { return b.helping.Load() == 0 })
 	b.wg.Wait()
 }
 
