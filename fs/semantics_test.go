@@ -504,13 +504,7 @@ func TestWritesIntoUnwrittenRanges(t *testing.T) {
 						model = append(model, make([]byte, end-len(model))...)
 					}
 					copy(model[w.off:], data)
-					got := make([]byte, len(model))
-					if n, err := f.ReadAt(got, 0); n != len(got) {
-						t.Fatalf("%s: read back %d of %d: %v", name, n, len(got), err)
-					}
-					if !bytes.Equal(got, model) {
-						t.Fatalf("%s: content differs after write %d@%d", name, w.n, w.off)
-					}
+					checkContent(t, tf.m(name), model)
 				}
 				f.Close()
 			}
