@@ -86,9 +86,10 @@ type testFS struct {
 }
 
 type testOpts struct {
-	back   string // backing dir; default a new temp dir
-	pool   *objcrypt.Pool
-	pwrite pwriteFunc // replaces the whole-block path's pwrite(2)
+	back       string // backing dir; default a new temp dir
+	pool       *objcrypt.Pool
+	pwrite     pwriteFunc // replaces the whole-block path's pwrite(2)
+	allowOther bool       // let callers other than root use the mount
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -117,7 +118,7 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	if o.pwrite != nil {
 		r.pwrite = o.pwrite
 	}
-	srv, err := MountRoot(tf.mnt, r, MountOptions{Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
+	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,9 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // FUSE passthrough is masked off mount-wide: with it, the kernel would do
 // reads and writes on a backing descriptor itself, bypassing encryption.
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
-// cache=none, fio iodepth>1) reach the daemon in parallel. Write-back
+// cache=none, fio iodepth>1) reach the daemon in parallel, and
+// HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
+// (killPrivFS). Write-back
 // caching stays off: it lets the kernel own size and mtime, which we have
 // not shown safe for encrypted objects.
 func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
@@ -74,11 +76,18 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			MaxBackground:        64,
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
-			ExtraCapabilities:    fuse.CAP_ASYNC_DIO,
+			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2,
 		},
 	}
-	server, err := gofs.Mount(mountpoint, r, opts)
+	// gofs.Mount, with killPrivFS between the kernel and the node API,
+	// which does not see the requests' kill flags.
+	raw := &killPrivFS{RawFileSystem: gofs.NewNodeFS(r, opts)}
+	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
+		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)
 	}
 	if err := setReadAhead(mountpoint, readAheadKB); err != nil {
