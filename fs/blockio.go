@@ -36,20 +36,19 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 	first, count := objcrypt.BlockRange(off, end-off)
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
-	cb := f.r.bufs.getCipher(int(cEnd - cOff))
-	defer f.r.bufs.putCipher(cb)
-	n, err := preadFull(f.fd, *cb, int64(cOff))
+	cb, release, err := f.storedRange(cOff, cEnd)
 	if err != nil {
 		return 0, err
 	}
-	if n < len(*cb) {
+	defer release()
+	if len(cb) < int(cEnd-cOff) {
 		return 0, fmt.Errorf("%s: backing file shorter than its size: %w", f.n.relPath(), unix.EIO)
 	}
 	if off%bs == 0 && min((first+count)*bs, psize)-off <= uint64(len(dest)) {
 		// Block-aligned start and the blocks' plaintext fits the caller's
 		// buffer (the end is block aligned or the end of file): decrypt
 		// straight into it (no copy, no pooled plaintext).
-		plain, err := f.o.obj.DecryptBlocks(dest[:0], *cb, first, f.r.cfg.Pool)
+		plain, err := f.o.obj.DecryptBlocks(dest[:0], cb, first, f.r.cfg.Pool)
 		if err != nil {
 			return 0, f.blockError(err)
 		}
@@ -58,7 +57,7 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 	}
 	pb := f.r.bufs.get(int(count * bs))
 	defer f.r.bufs.put(pb)
-	plain, err := f.o.obj.DecryptBlocks((*pb)[:0], *cb, first, f.r.cfg.Pool)
+	plain, err := f.o.obj.DecryptBlocks((*pb)[:0], cb, first, f.r.cfg.Pool)
 	if err != nil {
 		return 0, f.blockError(err)
 	}

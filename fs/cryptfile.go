@@ -20,6 +20,7 @@ type cryptFile struct {
 	r        *Root
 	o        *objState
 	fd       int
+	dfd      int // O_DIRECT descriptor for large reads of O_DIRECT handles, or -1 (directread.go)
 	writable bool
 }
 
@@ -102,6 +103,9 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 	}
 	f.r.stats.openEnc.Add(-1)
 	f.n.releaseObject(f.o)
+	if f.dfd >= 0 {
+		unix.Close(f.dfd)
+	}
 	return toErrno(unix.Close(f.fd))
 }
 

@@ -118,7 +118,10 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	if err != nil {
 		return nil, err
 	}
-	cf := &cryptFile{n: n, r: n.r, o: o, fd: fd, writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	cf := &cryptFile{n: n, r: n.r, o: o, fd: fd, dfd: -1, writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	if flags&syscall.O_DIRECT != 0 {
+		cf.dfd = openDirect(fd)
+	}
 	if cf.writable {
 		n.r.registerOpen(cf)
 	}

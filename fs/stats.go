@@ -12,12 +12,14 @@ type Stats struct {
 	KeyErrors            uint64 // opens refused because the KEK or DEK was unavailable or wrong
 	HeaderErrors         uint64 // opens refused because a header was malformed or the two copies disagreed
 	OpenEncryptedHandles int64  // encrypted file handles open right now
+	BytesReadDirect      uint64 // stored bytes read with O_DIRECT for large reads of O_DIRECT handles
 }
 
 type counters struct {
 	blocksEnc, bytesEnc, blocksDec, bytesDec atomic.Uint64
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
+	directRead                               atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -32,6 +34,7 @@ func (r *Root) Stats() Stats {
 		KeyErrors:            c.keyErr.Load(),
 		HeaderErrors:         c.hdrErr.Load(),
 		OpenEncryptedHandles: c.openEnc.Load(),
+		BytesReadDirect:      c.directRead.Load(),
 	}
 }
 

@@ -19,6 +19,7 @@ var (
 	fsAuthFail  = desc("fs", "auth_failures_total", "Reads refused because a block did not authenticate (tampering or corruption).")
 	fsKeyErr    = desc("fs", "key_errors_total", "Opens refused because the VM's key was unavailable or wrong.")
 	fsHdrErr    = desc("fs", "header_errors_total", "Opens refused because an object header was malformed or its copies disagreed.")
+	fsDirectRd  = desc("fs", "direct_read_bytes_total", "Stored bytes read from the backing store with O_DIRECT (large reads of O_DIRECT handles).")
 	fsOpenEnc   = desc("fs", "open_encrypted_handles", "Encrypted file handles open now.")
 
 	krHits    = desc("keyring", "memory_hits_total", "Key lookups answered from the in-memory cache.")
@@ -36,7 +37,7 @@ var (
 type fsCollector struct{ src FSStats }
 
 func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsOpenEnc} {
+	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsOpenEnc} {
 		ch <- d
 	}
 }
@@ -53,6 +54,7 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(fsAuthFail, s.AuthFailures)
 	counter(fsKeyErr, s.KeyErrors)
 	counter(fsHdrErr, s.HeaderErrors)
+	counter(fsDirectRd, s.BytesReadDirect)
 	ch <- prometheus.MustNewConstMetric(fsOpenEnc, prometheus.GaugeValue, float64(s.OpenEncryptedHandles))
 }
 

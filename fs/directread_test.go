@@ -1,0 +1,91 @@
+package fs
+
+import (
+	"bytes"
+	"os"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestDirectLargeReads reads an encrypted file through an O_DIRECT handle
+// in requests large enough for the O_DIRECT backing path, at aligned and
+// unaligned offsets and across the end of the file, once with the backing
+// pages evicted (read from the disk directly) and once with them cached
+// (read through the page cache), and compares every byte.
+func TestDirectLargeReads(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	const size = 3<<20 + 1234
+	want := randBytes(size)
+	mustWrite(t, tf.m("vm/disk"), want)
+	probe := mustOpenFd(t, tf.b("vm/disk"))
+	fd := openDirect(probe)
+	unix.Close(probe)
+	if fd < 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the backing filesystem of the test refuses O_DIRECT; CI needs it to test the direct read path")
+		}
+		t.Skip("the backing filesystem refuses O_DIRECT")
+	} else {
+		unix.Close(fd)
+	}
+	f := openRW(t, tf.m("vm/disk"), syscall.O_DIRECT)
+	reads := []struct {
+		name     string
+		off, len int
+	}{
+		{"first MiB", 0, 1 << 20},
+		{"aligned 512 KiB", 3 * 4096, 512 << 10},
+		{"unaligned 300 KiB", 1<<20 + 100, 300 << 10},
+		{"across the end", 3<<20 - 64<<10, 1 << 20},
+		{"from the last bytes", size - 10, 256 << 10},
+		{"past the end", size + 5, 256 << 10},
+	}
+	for _, cached := range []bool{false, true} {
+		back := mustOpenFd(t, tf.b("vm/disk"))
+		if cached {
+			buf := make([]byte, 1<<20)
+			for off := int64(0); ; off += int64(len(buf)) {
+				if n, _ := unix.Pread(back, buf, off); n <= 0 {
+					break
+				}
+			}
+		} else if err := unix.Fsync(back); err != nil {
+			t.Fatal(err)
+		} else if err := unix.Fadvise(back, 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(back)
+		before := tf.root.Stats().BytesReadDirect
+		for _, r := range reads {
+			buf := make([]byte, r.len)
+			n, _ := f.ReadAt(buf, int64(r.off))
+			end := min(r.off+r.len, size)
+			exp := []byte{}
+			if r.off < size {
+				exp = want[r.off:end]
+			}
+			if !bytes.Equal(buf[:n], exp) {
+				t.Errorf("cached=%v %s: read %d bytes that differ from the %d written", cached, r.name, n, len(exp))
+			}
+		}
+		direct := tf.root.Stats().BytesReadDirect - before
+		if cached && direct != 0 {
+			t.Errorf("cached backing pages: %d bytes read with O_DIRECT, want 0", direct)
+		}
+		if !cached && direct == 0 {
+			t.Error("evicted backing pages: nothing read with O_DIRECT")
+		}
+	}
+}
+
+func mustOpenFd(t *testing.T, path string) int {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
