@@ -34,8 +34,14 @@
 //
 //   - FUSE passthrough is masked off mount-wide; no handle is a LoopbackFile.
 //   - O_DIRECT opens get FOPEN_DIRECT_IO (and parallel direct writes for
-//     encrypted handles); CAP_ASYNC_DIO is requested. Backing files are
-//     opened without O_DIRECT: ciphertext offsets are not sector aligned.
+//     encrypted handles); CAP_ASYNC_DIO is requested. The handle's backing
+//     descriptor is buffered (4128-byte stored blocks are not sector
+//     aligned); reads of 128 KiB or more on O_DIRECT handles widen the
+//     stored range to 4 KiB and read it through a second, O_DIRECT
+//     descriptor unless cachestat(2) finds it all cached (directread.go).
+//   - HANDLE_KILLPRIV_V2 is negotiated, so a buffered write is one request
+//     instead of GETXATTR(security.capability) + WRITE; killPrivFS clears
+//     suid/sgid where the kernel now leaves it to the daemon.
 //   - max_write 1 MiB; large requests are spread over objcrypt's Pool. The
 //     mount's read-ahead is raised to the same 1 MiB through sysfs.
 //   - Whole-block writes read no old ciphertext (a failed one punches the

@@ -33,11 +33,11 @@ import (
 // read from /proc, only for files that have a bit to clear.
 //
 // Nothing is needed for security.capability: the backing filesystem drops
-// it on every write, truncate and chown, root's included. A chown is
-// passed to the backing store, which clears the bits as it would for the
-// caller, except that a set-group-ID bit without group execute survives a
-// chown by a caller outside the file's group (the daemon is in every
-// group).
+// it on every write, truncate and chown, root's included
+// (TestKillPrivCapability). A chown is passed to the backing store, which
+// clears the bits as it would for the caller, except that a set-group-ID
+// bit without group execute survives a chown by a caller outside the
+// file's group (the daemon, as root, passes that check).
 type killPrivFS struct {
 	fuse.RawFileSystem
 }

@@ -192,3 +192,28 @@ func writeAt(path string, flags int, b []byte, off int64) error {
 	_, err = unix.Pwrite(fd, b, off)
 	return err
 }
+
+// TestKillPrivCapability checks the other half of the KILLPRIV_V2 contract:
+// a file capability is dropped by a write through the mount, which relies
+// on the backing filesystem dropping it on the daemon's own write.
+func TestKillPrivCapability(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	if err := os.Mkdir(tf.m("plain"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// VFS_CAP_REVISION_2 with the effective flag and CAP_NET_RAW permitted
+	capability := []byte{1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	for _, rel := range []string{"plain/f", "vm/f"} {
+		mustWrite(t, tf.m(rel), make([]byte, 8192))
+		if err := unix.Setxattr(tf.b(rel), "security.capability", capability, 0); err != nil {
+			t.Fatalf("set a file capability on the backing file: %v", err)
+		}
+		if err := writeAt(tf.m(rel), 0, []byte("x"), 100); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.Getxattr(tf.b(rel), "security.capability", nil); err != unix.ENODATA {
+			t.Errorf("%s: file capability after a write through the mount: %v, want ENODATA", rel, err)
+		}
+	}
+}
