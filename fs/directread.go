@@ -68,7 +68,7 @@ func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
 	release := func() { alignedPool.Put(pb) }
 	skip := int(-uintptr(unsafe.Pointer(&(*pb)[0])) & (directAlign - 1))
 	buf := (*pb)[skip : skip+int(stop-start)]
-	got, err := preadDirect(f.dfd, buf, int64(start))
+	got, err := preadAligned(f.dfd, buf, int64(start), directAlign)
 	if err != nil {
 		release()
 		return nil, nil, err
@@ -104,25 +104,4 @@ func (f *cryptFile) storedRangeBuffered(off, end uint64) ([]byte, func(), error)
 		return nil, nil, err
 	}
 	return (*cb)[:n], func() { f.r.bufs.putCipher(cb) }, nil
-}
-
-// preadDirect is preadFull for an O_DIRECT descriptor: a read that ends
-// off the alignment is the end of the file (another read from there would
-// be refused as unaligned).
-func preadDirect(fd int, buf []byte, off int64) (int, error) {
-	done := 0
-	for done < len(buf) {
-		n, err := unix.Pread(fd, buf[done:], off+int64(done))
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return done, fmt.Errorf("pread (direct) at %d: %w", off+int64(done), err)
-		}
-		done += n
-		if n == 0 || n%directAlign != 0 {
-			break
-		}
-	}
-	return done, nil
 }

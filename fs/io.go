@@ -9,7 +9,12 @@ import (
 
 // preadFull reads until buf is full or the end of the file; it returns how
 // much it read. EINTR is retried.
-func preadFull(fd int, buf []byte, off int64) (int, error) {
+func preadFull(fd int, buf []byte, off int64) (int, error) { return preadAligned(fd, buf, off, 1) }
+
+// preadAligned is preadFull for a descriptor whose reads must stay aligned
+// to align bytes (O_DIRECT): a read that ends off the alignment is the end
+// of the file, since another read from there would be refused.
+func preadAligned(fd int, buf []byte, off int64, align int) (int, error) {
 	done := 0
 	for done < len(buf) {
 		n, err := unix.Pread(fd, buf[done:], off+int64(done))
@@ -19,10 +24,10 @@ func preadFull(fd int, buf []byte, off int64) (int, error) {
 		if err != nil {
 			return done, fmt.Errorf("pread at %d: %w", off+int64(done), err)
 		}
-		if n == 0 {
+		done += n
+		if n == 0 || n%align != 0 {
 			break
 		}
-		done += n
 	}
 	return done, nil
 }
