@@ -1,8 +1,7 @@
 package fs
 
 import (
-	"errors"
-	"fmt"
+	"os"
 	"sync"
 	"unsafe"
 
@@ -20,10 +19,9 @@ import (
 // directReadMin or more, the stored range is widened to directAlign and
 // read with a second, O_DIRECT descriptor into an aligned buffer, unless
 // the page cache already holds the whole range (recent buffered writes,
-// other readers). Smaller reads stay buffered: random 4 KiB reads of a VM disk
-// hit cached ciphertext far more often than a disk is faster.
+// other readers). Smaller reads stay buffered: random 4 KiB reads of a VM
+// disk hit cached ciphertext far more often than a disk is faster.
 const (
-	pageSize      = 4096
 	directReadMin = 128 << 10
 	directAlign   = 4096 // offset and memory alignment O_DIRECT needs on every common block device
 )
@@ -39,10 +37,7 @@ var alignedPool = sync.Pool{New: func() any {
 // openDirect opens a second, O_DIRECT descriptor on the backing file of fd
 // (-1 when the backing filesystem refuses O_DIRECT: tmpfs, some FUSE).
 func openDirect(fd int) int {
-	dfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if errors.Is(err, unix.EPERM) {
-		dfd, err = unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	}
+	dfd, err := openNoAtime(fd, unix.O_RDONLY|unix.O_DIRECT)
 	if err != nil {
 		return -1
 	}
@@ -51,10 +46,9 @@ func openDirect(fd int) int {
 
 // storedRange reads the stored bytes [off, end) of the object: through the
 // handle's descriptor, or for large reads of O_DIRECT handles, from the
-// page cache if it holds all of them and from the disk directly
-// otherwise. It
-// returns the bytes (short at end of file) and a function that gives the
-// buffer back.
+// page cache if it holds all of them and from the disk directly otherwise.
+// It returns the bytes (short at end of file) and a function that gives
+// the buffer back.
 func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
 	if f.dfd < 0 || end-off < directReadMin || end-off > largeBuf {
 		return f.storedRangeBuffered(off, end)
@@ -74,10 +68,7 @@ func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
 		return nil, nil, err
 	}
 	f.r.stats.directRead.Add(uint64(got))
-	have := min(start+uint64(got), end)
-	if have < off {
-		have = off
-	}
+	have := max(min(start+uint64(got), end), off)
 	return buf[off-start : have-start], release, nil
 }
 
@@ -92,7 +83,7 @@ func (f *cryptFile) cached(start, stop uint64) bool {
 	if err := unix.Cachestat(uint(f.fd), &r, &cs, 0); err != nil {
 		return false
 	}
-	return cs.Cache == (stop-start)/pageSize
+	return cs.Cache == (stop-start)/uint64(os.Getpagesize())
 }
 
 // storedRangeBuffered is storedRange through the handle's descriptor.

@@ -51,8 +51,8 @@
 //   - Attribute and entry timeouts 1 s, no negative caching: the daemon is
 //     the only writer, and 1 s bounds staleness after an administrator
 //     edits the backing store directly.
-//   - No write-back cache: it hands size/mtime to the kernel, not yet shown
-//     safe for encrypted objects.
+//   - No write-back cache: a write would return before its ciphertext
+//     reached the backing store, and a later ENOSPC or EIO would lose it.
 //   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image
 //     locks on one host, not seen by other mounts of the same backing store.
 //

@@ -33,9 +33,9 @@ func TestKillPriv(t *testing.T) {
 		t.Fatal(err)
 	}
 	// nobody must reach the files: open up the temp directories' parents.
-	for _, d := range []string{tf.back, tf.mnt, ref, tf.m("vm")} {
+	for _, d := range []string{tf.back, tf.mnt, ref} {
 		for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
-			if err := os.Chmod(p, 0o777); err != nil && !strings.HasPrefix(p, tf.mnt+"/") {
+			if err := os.Chmod(p, 0o777); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -50,9 +50,9 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
-// (killPrivFS). Write-back
-// caching stays off: it lets the kernel own size and mtime, which we have
-// not shown safe for encrypted objects.
+// (killPrivFS). Write-back caching stays off: a write would return before
+// its ciphertext reached the backing store, so a later ENOSPC or EIO would
+// lose a write that had succeeded.
 func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 	timeout := attrTimeout
 	fsName := mo.FsName

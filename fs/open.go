@@ -55,10 +55,7 @@ var errStrippedHeader = errors.New("encrypted object without its header xattr")
 // copy would be served as garbage). It runs before any O_TRUNC takes
 // effect; fsck --restore-xattrs is the way back.
 func (n *node) refuseStrippedHeader(pfd int) error {
-	fd, err := unix.Open(procPath(pfd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		fd, err = unix.Open(procPath(pfd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	}
+	fd, err := openNoAtime(pfd, unix.O_RDONLY)
 	if err != nil {
 		return nil // write-only access: the open itself decides
 	}
@@ -92,10 +89,7 @@ func (n *node) openCrypt(ctx context.Context, flags uint32) (*cryptFile, error) 
 	// O_NOATIME: the daemon's own reads (header region, edge blocks of
 	// writes) must not show as accesses; the cost is that reads through
 	// the mount do not update atime of encrypted files either (as noatime).
-	fd, err := unix.Open(procPath(pfd), acc|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		fd, err = unix.Open(procPath(pfd), acc|unix.O_CLOEXEC, 0)
-	}
+	fd, err := openNoAtime(pfd, acc)
 	if err != nil {
 		return nil, err
 	}
@@ -127,4 +121,15 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	}
 	n.r.stats.openEnc.Add(1)
 	return cf, nil
+}
+
+// openNoAtime reopens the backing inode of descriptor fd with flags (and
+// O_CLOEXEC), O_NOATIME when the daemon may (it may not on a file it
+// neither owns nor has CAP_FOWNER for: EPERM, then without).
+func openNoAtime(fd, flags int) (int, error) {
+	nfd, err := unix.Open(procPath(fd), flags|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		nfd, err = unix.Open(procPath(fd), flags|unix.O_CLOEXEC, 0)
+	}
+	return nfd, err
 }
