@@ -36,6 +36,7 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 	first, count := objcrypt.BlockRange(off, end-off)
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
+	f.readAround(cOff, cEnd, csize)
 	cb, release, err := f.storedRange(cOff, cEnd)
 	if err != nil {
 		return 0, err

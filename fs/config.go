@@ -44,4 +44,8 @@ type Config struct {
 	// getattr, open, create, read, write and fsync (metrics); nil costs
 	// nothing.
 	Observe Observer
+	// ReadAroundLimit is the largest stored file size for which small
+	// buffered reads also read their neighbours (readaround.go): 0 means
+	// 1/16 of the machine's memory, a negative value never.
+	ReadAroundLimit int64
 }

@@ -90,6 +90,8 @@ type testOpts struct {
 	pool       *objcrypt.Pool
 	pwrite     pwriteFunc // replaces the whole-block path's pwrite(2)
 	allowOther bool       // let callers other than root use the mount
+	// readAroundLimit is Config.ReadAroundLimit (0: the default).
+	readAroundLimit int64
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -110,6 +112,8 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 		Logger:      slog.New(slog.NewTextHandler(tf.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		DatastoreID: "ds1",
 		KMSName:     "fake",
+
+		ReadAroundLimit: o.readAroundLimit,
 	}
 	r, err := NewRoot(cfg)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -31,6 +32,8 @@ type node struct {
 	mu   sync.Mutex // guards kind and obj
 	kind int
 	obj  *objState // open encrypted object, shared by all handles of this inode
+
+	bufferedOpen atomic.Int32 // open handles without O_DIRECT (pagecache.go)
 }
 
 // cnode gives the *node behind any of our InodeEmbedders (node or Root).

@@ -112,10 +112,12 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	if err != nil {
 		return nil, err
 	}
-	cf := &cryptFile{n: n, r: n.r, o: o, fd: fd, dfd: -1, writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
-	if flags&syscall.O_DIRECT != 0 {
+	cf := &cryptFile{n: n, r: n.r, o: o, fd: fd, dfd: -1, direct: flags&syscall.O_DIRECT != 0,
+		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	if cf.direct {
 		cf.dfd = openDirect(fd)
 	}
+	n.trackHandle(cf.direct)
 	if cf.writable {
 		n.r.registerOpen(cf)
 	}

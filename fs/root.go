@@ -28,6 +28,8 @@ type Root struct {
 	bufs    bufPools
 	pwrite  pwriteFunc // unix.Pwrite; tests inject backing-store failures
 
+	readAroundLimit uint64 // Config.ReadAroundLimit resolved
+
 	openMu sync.Mutex
 	open   map[openHandle]struct{} // writable handles, for OpenFiles
 
@@ -78,6 +80,12 @@ func NewRoot(cfg Config) (*Root, error) {
 		r.rand = rand.Reader
 	}
 	r.pwrite = unix.Pwrite
+	switch {
+	case cfg.ReadAroundLimit > 0:
+		r.readAroundLimit = uint64(cfg.ReadAroundLimit)
+	case cfg.ReadAroundLimit == 0:
+		r.readAroundLimit = defaultReadAroundLimit()
+	}
 	r.node.r = r
 	r.node.pfd = &pathFD{fd: fd, root: true}
 	return r, nil

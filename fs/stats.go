@@ -13,13 +13,15 @@ type Stats struct {
 	HeaderErrors         uint64 // opens refused because a header was malformed or the two copies disagreed
 	OpenEncryptedHandles int64  // encrypted file handles open right now
 	BytesReadDirect      uint64 // stored bytes read with O_DIRECT for large reads of O_DIRECT handles
+	ReadArounds          uint64 // small buffered reads that read their block's neighbours too (readaround.go)
+	CacheDrops           uint64 // direct writes that dropped their range from the mount's page cache (pagecache.go)
 }
 
 type counters struct {
 	blocksEnc, bytesEnc, blocksDec, bytesDec atomic.Uint64
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
-	directRead                               atomic.Uint64
+	directRead, readAround, cacheDrops       atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -35,6 +37,8 @@ func (r *Root) Stats() Stats {
 		HeaderErrors:         c.hdrErr.Load(),
 		OpenEncryptedHandles: c.openEnc.Load(),
 		BytesReadDirect:      c.directRead.Load(),
+		ReadArounds:          c.readAround.Load(),
+		CacheDrops:           c.cacheDrops.Load(),
 	}
 }
 

@@ -20,6 +20,8 @@ var (
 	fsKeyErr    = desc("fs", "key_errors_total", "Opens refused because the VM's key was unavailable or wrong.")
 	fsHdrErr    = desc("fs", "header_errors_total", "Opens refused because an object header was malformed or its copies disagreed.")
 	fsDirectRd  = desc("fs", "direct_read_bytes_total", "Stored bytes read from the backing store with O_DIRECT (large reads of O_DIRECT handles).")
+	fsReadArnd  = desc("fs", "read_arounds_total", "Small buffered reads that also started reading their neighbouring stored blocks.")
+	fsCacheDrop = desc("fs", "cache_drops_total", "O_DIRECT writes that dropped their range from the mount's page cache for open buffered handles.")
 	fsOpenEnc   = desc("fs", "open_encrypted_handles", "Encrypted file handles open now.")
 
 	krHits    = desc("keyring", "memory_hits_total", "Key lookups answered from the in-memory cache.")
@@ -37,7 +39,7 @@ var (
 type fsCollector struct{ src FSStats }
 
 func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsOpenEnc} {
+	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsReadArnd, fsCacheDrop, fsOpenEnc} {
 		ch <- d
 	}
 }
@@ -55,6 +57,8 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(fsKeyErr, s.KeyErrors)
 	counter(fsHdrErr, s.HeaderErrors)
 	counter(fsDirectRd, s.BytesReadDirect)
+	counter(fsReadArnd, s.ReadArounds)
+	counter(fsCacheDrop, s.CacheDrops)
 	ch <- prometheus.MustNewConstMetric(fsOpenEnc, prometheus.GaugeValue, float64(s.OpenEncryptedHandles))
 }
 
