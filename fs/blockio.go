@@ -54,6 +54,7 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 			return 0, f.blockError(err)
 		}
 		f.r.stats.decrypted(len(plain))
+		f.fillAround(off, len(plain), csize)
 		return len(plain), nil
 	}
 	pb := f.r.bufs.get(int(count * bs))
@@ -63,7 +64,9 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 		return 0, f.blockError(err)
 	}
 	f.r.stats.decrypted(len(plain))
-	return copy(dest, plain[off-first*bs:end-first*bs]), nil
+	n := copy(dest, plain[off-first*bs:end-first*bs])
+	f.fillAround(off, n, csize)
+	return n, nil
 }
 
 // blockError logs a block that failed to decrypt (file and block number)

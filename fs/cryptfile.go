@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -23,6 +24,7 @@ type cryptFile struct {
 	dfd      int  // O_DIRECT descriptor for large reads of O_DIRECT handles, or -1 (directread.go)
 	direct   bool // opened with O_DIRECT: FUSE direct I/O, the mount's page cache bypassed
 	writable bool
+	fills    sync.WaitGroup // cache fills running on this handle's descriptor (fillaround.go)
 }
 
 var (
@@ -103,6 +105,10 @@ func (f *cryptFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 // Release closes the backing descriptor and drops the object reference.
 func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
+	f.fills.Wait()
+	if f.writable {
+		f.n.fill.unblock()
+	}
 	if f.writable {
 		f.r.unregisterOpen(f)
 	}

@@ -58,7 +58,9 @@
 //     data is close-to-open consistent with changes behind the mount.
 //   - Small buffered reads of encrypted files up to 1/16 of RAM read the
 //     128 KiB of stored blocks around them into the backing page cache
-//     (readaround.go).
+//     (readaround.go); while no writable handle of the file is open, a
+//     goroutine also decrypts that window and stores it into the mount's
+//     page cache with FUSE_NOTIFY_STORE (fillaround.go).
 //   - No write-back cache: a write would return before its ciphertext
 //     reached the backing store, and a later ENOSPC or EIO would lose it.
 //   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image

@@ -34,6 +34,7 @@ type node struct {
 	obj  *objState // open encrypted object, shared by all handles of this inode
 
 	bufferedOpen atomic.Int32 // open handles without O_DIRECT (pagecache.go)
+	fill         fillGate     // cache fills against changes (fillaround.go)
 }
 
 // cnode gives the *node behind any of our InodeEmbedders (node or Root).

@@ -118,6 +118,10 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 		cf.dfd = openDirect(fd)
 	}
 	n.trackHandle(cf.direct)
+	n.fill.opened()
+	if cf.writable {
+		n.fill.block()
+	}
 	if cf.writable {
 		n.r.registerOpen(cf)
 	}

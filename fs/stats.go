@@ -15,6 +15,7 @@ type Stats struct {
 	BytesReadDirect      uint64 // stored bytes read with O_DIRECT for large reads of O_DIRECT handles
 	ReadArounds          uint64 // small buffered reads that read their block's neighbours too (readaround.go)
 	CacheDrops           uint64 // direct writes that dropped their range from the mount's page cache (pagecache.go)
+	CacheFills           uint64 // windows of read-only files stored into the mount's page cache (fillaround.go)
 }
 
 type counters struct {
@@ -22,6 +23,7 @@ type counters struct {
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
 	directRead, readAround, cacheDrops       atomic.Uint64
+	cacheFills                               atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -39,6 +41,7 @@ func (r *Root) Stats() Stats {
 		BytesReadDirect:      c.directRead.Load(),
 		ReadArounds:          c.readAround.Load(),
 		CacheDrops:           c.cacheDrops.Load(),
+		CacheFills:           c.cacheFills.Load(),
 	}
 }
 

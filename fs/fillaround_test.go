@@ -1,0 +1,169 @@
+package fs
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/cryptds/cryptds/objcrypt"
+	"golang.org/x/sys/unix"
+)
+
+// TestFillAround reads one page of an encrypted file and checks whether
+// the daemon then stored the window around it in the mount's page cache:
+// only for a buffered read while no writable handle is open and the file
+// is within the size limit. A stored window must read back right without
+// another block decrypted.
+func TestFillAround(t *testing.T) {
+	const (
+		size = 2 << 20
+		page = 300
+	)
+	cases := []struct {
+		name     string
+		limit    int64
+		flags    int
+		writer   bool // a writable handle is open during the read
+		wantFill bool
+	}{
+		{"read-only file", 0, 0, false, true},
+		{"writable handle open", 0, 0, true, false},
+		{"O_DIRECT handle", 0, syscall.O_DIRECT, false, false},
+		{"file above the limit", 1 << 20, 0, false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tf := newTestFS(t, testOpts{readAroundLimit: c.limit})
+			tf.encDir("vm")
+			want := randBytes(size)
+			mustWrite(t, tf.m("vm/disk"), want)
+			tf.waitReleased()
+			if c.writer {
+				openRW(t, tf.m("vm/disk"), 0)
+			}
+			f, err := os.OpenFile(tf.m("vm/disk"), os.O_RDONLY|c.flags, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+				t.Fatal(err)
+			}
+			before := tf.root.Stats().CacheFills
+			buf := make([]byte, 4096)
+			if _, err := f.ReadAt(buf, page*4096); err != nil {
+				t.Fatal(err)
+			}
+			n := nodeOf(t, tf, "vm/disk")
+			waitFor(t, "the fill in flight", func() bool {
+				n.fill.mu.Lock()
+				defer n.fill.mu.Unlock()
+				return !n.fill.filling
+			})
+			fills := tf.root.Stats().CacheFills - before
+			start := int64(page * 4096 / fillWindow * fillWindow)
+			var cs unix.Cachestat_t
+			if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Off: uint64(start), Len: fillWindow}, &cs, 0); err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("cachestat(2) (Linux 6.5+), which CI needs to see the mount's page cache: %v", err)
+				}
+				t.Skipf("cachestat(2) (Linux 6.5+): %v", err)
+			}
+			if c.wantFill && (fills != 1 || cs.Cache != fillWindow/4096) {
+				t.Fatalf("%d fills, %d of the window's %d pages cached; want the window stored", fills, cs.Cache, fillWindow/4096)
+			}
+			if !c.wantFill && (fills != 0 || cs.Cache > 1) {
+				t.Fatalf("%d fills, %d of the window's pages cached; want only the page read", fills, cs.Cache)
+			}
+			decrypted := tf.root.Stats().BlocksDecrypted
+			win := make([]byte, fillWindow)
+			if _, err := f.ReadAt(win, start); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(win, want[start:start+fillWindow]) {
+				t.Error("the window reads back different bytes")
+			}
+			if d := tf.root.Stats().BlocksDecrypted - decrypted; c.wantFill && d != 0 {
+				t.Errorf("reading the stored window decrypted %d blocks, want 0", d)
+			}
+		})
+	}
+}
+
+// TestFillAroundWriters keeps readers reading random pages of an encrypted
+// file through read-only handles (so windows get stored) while a writer
+// opens, writes one block and closes, over and over; after every close,
+// the read-only handles must read the block's new content. A window
+// decrypted before a write and stored after it would show old bytes.
+func TestFillAroundWriters(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	const blocks = 256
+	want := randBytes(blocks * objcrypt.PlainBlockSize)
+	mustWrite(t, tf.m("vm/disk"), want)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	// Stop the readers on every way out, or they keep the mount busy.
+	defer wg.Wait()
+	defer close(stop)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f, err := os.Open(tf.m("vm/disk"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
+				for range 16 {
+					f.ReadAt(buf, int64(rand.IntN(blocks))*4096)
+				}
+				f.Close()
+			}
+		}()
+	}
+	reader, err := os.Open(tf.m("vm/disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	got := make([]byte, 4096)
+	for i := range 300 {
+		blk := rand.IntN(blocks)
+		data := randBytes(4096)
+		w, err := os.OpenFile(tf.m("vm/disk"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt(data, int64(blk)*4096); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		copy(want[blk*4096:], data)
+		// A neighbour read may start a fill of this block's window.
+		reader.ReadAt(got, int64(blk^1)*4096)
+		if _, err := reader.ReadAt(got, int64(blk)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("round %d: block %d reads old bytes after its write", i, blk)
+		}
+	}
+	if all := readAll(t, reader, len(want)); !bytes.Equal(all, want) {
+		t.Error("the file differs from every write applied in order")
+	}
+	if tf.root.Stats().CacheFills == 0 {
+		t.Error("no window was stored: the test did not exercise fills")
+	}
+}
