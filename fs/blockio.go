@@ -23,8 +23,16 @@ const (
 )
 
 // readAt decrypts into dest from plaintext offset off and returns the
-// number of bytes read (short at end of file).
+// number of bytes read (short at end of file). It serves a caller's read:
+// it reads around and fills around it, and logs a block that fails
+// authentication.
 func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
+	return f.readBlocks(dest, off, true)
+}
+
+// readBlocks is readAt; with caller false (a fill) it only reads: no
+// prefetching, and a failed block is left for a caller's read to report.
+func (f *cryptFile) readBlocks(dest []byte, off uint64, caller bool) (int, error) {
 	csize, psize, err := f.sizes(false)
 	if err != nil {
 		return 0, err
@@ -36,7 +44,9 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 	first, count := objcrypt.BlockRange(off, end-off)
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
-	f.readAround(cOff, cEnd, csize)
+	if caller {
+		f.readAround(cOff, cEnd, csize)
+	}
 	cb, release, err := f.storedRange(cOff, cEnd)
 	if err != nil {
 		return 0, err
@@ -51,22 +61,35 @@ func (f *cryptFile) readAt(dest []byte, off uint64) (int, error) {
 		// straight into it (no copy, no pooled plaintext).
 		plain, err := f.o.obj.DecryptBlocks(dest[:0], cb, first, f.r.cfg.Pool)
 		if err != nil {
-			return 0, f.blockError(err)
+			return 0, f.readError(err, caller)
 		}
 		f.r.stats.decrypted(len(plain))
-		f.fillAround(off, len(plain), csize)
+		if caller {
+			f.fillAround(off, len(plain), psize, csize)
+		}
 		return len(plain), nil
 	}
 	pb := f.r.bufs.get(int(count * bs))
 	defer f.r.bufs.put(pb)
 	plain, err := f.o.obj.DecryptBlocks((*pb)[:0], cb, first, f.r.cfg.Pool)
 	if err != nil {
-		return 0, f.blockError(err)
+		return 0, f.readError(err, caller)
 	}
 	f.r.stats.decrypted(len(plain))
 	n := copy(dest, plain[off-first*bs:end-first*bs])
-	f.fillAround(off, n, csize)
+	if caller {
+		f.fillAround(off, n, psize, csize)
+	}
 	return n, nil
+}
+
+// readError reports a block that failed to decrypt: logged and counted for
+// a caller's read, passed back silently for a fill.
+func (f *cryptFile) readError(err error, caller bool) error {
+	if caller {
+		return f.blockError(err)
+	}
+	return err
 }
 
 // blockError logs a block that failed to decrypt (file and block number)

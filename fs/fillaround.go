@@ -104,12 +104,16 @@ func (g *fillGate) done() {
 }
 
 // fillAround starts filling the window around a small read of [off,
-// off+n) that just succeeded, if the file qualifies.
-func (f *cryptFile) fillAround(off uint64, n int, csize uint64) {
+// off+n) that just succeeded, if the file qualifies and the read did not
+// cover all of the window the file has (a small file read whole).
+func (f *cryptFile) fillAround(off uint64, n int, psize, csize uint64) {
 	if f.direct || n == 0 || n >= fillWindow || csize > f.r.readAroundLimit {
 		return
 	}
 	w := off / fillWindow
+	if off == w*fillWindow && off+uint64(n) >= min((w+1)*fillWindow, psize) {
+		return
+	}
 	if !f.n.fill.start(w) {
 		return
 	}
@@ -134,7 +138,7 @@ func (f *cryptFile) fillWindowAt(w, skipOff, skipEnd uint64) {
 		return
 	}
 	tok := f.o.blocks.lock(start/bs, (start+fillWindow)/bs, false)
-	n, err := f.readAt((*pb)[:fillWindow], start)
+	n, err := f.readBlocks((*pb)[:fillWindow], start, false)
 	f.o.blocks.unlock(tok)
 	f.o.mu.RUnlock()
 	if err != nil || n == 0 {

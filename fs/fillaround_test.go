@@ -2,8 +2,10 @@ package fs
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -165,5 +167,87 @@ func TestFillAroundWriters(t *testing.T) {
 	}
 	if tf.root.Stats().CacheFills == 0 {
 		t.Error("no window was stored: the test did not exercise fills")
+	}
+}
+
+// TestFillAroundTamperedBlock reads a good block next to a tampered one
+// through a buffered handle: the fill of their window fails without a log
+// line or a counted failure (nobody read the bad block yet); the bad
+// block's own read then fails with EIO and is reported, and good blocks
+// still read.
+func TestFillAroundTamperedBlock(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	data := randBytes(16 * 4096)
+	mustWrite(t, tf.m("vm/f"), data)
+	tf.waitReleased()
+	bf, err := os.OpenFile(tf.b("vm/f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := int64(objcrypt.CipherOffsetOfBlock(5)) + 100
+	b := make([]byte, 1)
+	if _, err := bf.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := bf.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	bf.Close()
+
+	f, err := os.Open(tf.m("vm/f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
+		t.Fatalf("read of good block 0: %v", err)
+	}
+	n := nodeOf(t, tf, "vm/f")
+	waitFor(t, "the fill in flight", func() bool {
+		n.fill.mu.Lock()
+		defer n.fill.mu.Unlock()
+		return !n.fill.filling
+	})
+	if got := tf.root.Stats().AuthFailures; got != 0 || strings.Contains(tf.logs.String(), "block failed authentication") {
+		t.Fatalf("the fill reported the tampered block (%d failures counted): %s", got, tf.logs.String())
+	}
+	if _, err := f.ReadAt(buf, 5*4096); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of the tampered block: %v, want EIO", err)
+	}
+	// The kernel may ask twice (read-ahead, then the page itself).
+	if got := tf.root.Stats().AuthFailures; got == 0 || !strings.Contains(tf.logs.String(), "block=5") {
+		t.Fatalf("%d failures counted after reading the tampered block, want it reported (log: %s)", got, tf.logs.String())
+	}
+	if _, err := f.ReadAt(buf, 7*4096); err != nil || !bytes.Equal(buf, data[7*4096:8*4096]) {
+		t.Fatalf("read of good block 7: %v", err)
+	}
+}
+
+// TestFillAroundWholeSmallFile reads a small file in one request: there is
+// nothing left in its window to store, so no fill runs.
+func TestFillAroundWholeSmallFile(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	data := randBytes(20000)
+	mustWrite(t, tf.m("vm/nvram"), data)
+	tf.waitReleased()
+	before := tf.root.Stats().CacheFills
+	if got := mustRead(t, tf.m("vm/nvram")); !bytes.Equal(got, data) {
+		t.Fatal("read differs")
+	}
+	n := nodeOf(t, tf, "vm/nvram")
+	waitFor(t, "the fill in flight", func() bool {
+		n.fill.mu.Lock()
+		defer n.fill.mu.Unlock()
+		return !n.fill.filling
+	})
+	if fills := tf.root.Stats().CacheFills - before; fills != 0 {
+		t.Errorf("%d fills after reading a whole small file, want 0", fills)
 	}
 }
