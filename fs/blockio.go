@@ -525,14 +525,22 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 	if err := f.warmPages(cOff, min(cEnd, csize)); err != nil {
 		return true, nil, err
 	}
-	cb := f.r.bufs.getCipher(int(cEnd - cOff))
-	defer f.r.bufs.putCipher(cb)
-	enc, err := f.o.obj.EncryptBlocks((*cb)[:0], data, first, f.r.cfg.Pool)
+	fd, dst, release := f.storeBuffer(cOff, cEnd)
+	defer release()
+	enc, err := f.o.obj.EncryptBlocks(dst, data, first, f.r.cfg.Pool)
 	if err != nil {
 		return true, nil, err
 	}
 	f.r.stats.encrypted(len(data))
-	written, err := pwriteCounted(f.r.pwrite, f.fd, enc, int64(cOff))
+	written, err := pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
+	if err == unix.EINVAL && written == 0 && fd != f.fd {
+		// The backing filesystem wants a larger O_DIRECT alignment.
+		fd = f.fd
+		written, err = pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
+	}
+	if fd != f.fd {
+		f.r.stats.directWrite.Add(uint64(written))
+	}
 	if err != nil {
 		f.repairWholeBlocks(cOff, min(cEnd, max(csize, cOff)), cEnd, uint64(written), err)
 		var st unix.Stat_t

@@ -38,7 +38,9 @@
 //     descriptor is buffered (4128-byte stored blocks are not sector
 //     aligned); reads of 128 KiB or more on O_DIRECT handles widen the
 //     stored range to 4 KiB and read it through a second, O_DIRECT
-//     descriptor unless cachestat(2) finds it all cached (directread.go).
+//     descriptor unless cachestat(2) finds it all cached; writes of 128 KiB
+//     or more whose stored range is 4 KiB aligned go through it too
+//     (directread.go).
 //   - HANDLE_KILLPRIV_V2 is negotiated, so a buffered write is one request
 //     instead of GETXATTR(security.capability) + WRITE; killPrivFS clears
 //     suid/sgid where the kernel now leaves it to the daemon.

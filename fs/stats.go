@@ -13,6 +13,7 @@ type Stats struct {
 	HeaderErrors         uint64 // opens refused because a header was malformed or the two copies disagreed
 	OpenEncryptedHandles int64  // encrypted file handles open right now
 	BytesReadDirect      uint64 // stored bytes read with O_DIRECT for large reads of O_DIRECT handles
+	BytesWrittenDirect   uint64 // stored bytes written with O_DIRECT for large aligned writes of O_DIRECT handles
 	ReadArounds          uint64 // small buffered reads that read their block's neighbours too (readaround.go)
 	CacheDrops           uint64 // direct writes that dropped their range from the mount's page cache (pagecache.go)
 	CacheFills           uint64 // windows of read-only files stored into the mount's page cache (fillaround.go)
@@ -23,7 +24,7 @@ type counters struct {
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
 	directRead, readAround, cacheDrops       atomic.Uint64
-	cacheFills                               atomic.Uint64
+	cacheFills, directWrite                  atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -39,6 +40,7 @@ func (r *Root) Stats() Stats {
 		HeaderErrors:         c.hdrErr.Load(),
 		OpenEncryptedHandles: c.openEnc.Load(),
 		BytesReadDirect:      c.directRead.Load(),
+		BytesWrittenDirect:   c.directWrite.Load(),
 		ReadArounds:          c.readAround.Load(),
 		CacheDrops:           c.cacheDrops.Load(),
 		CacheFills:           c.cacheFills.Load(),

@@ -20,6 +20,7 @@ var (
 	fsKeyErr    = desc("fs", "key_errors_total", "Opens refused because the VM's key was unavailable or wrong.")
 	fsHdrErr    = desc("fs", "header_errors_total", "Opens refused because an object header was malformed or its copies disagreed.")
 	fsDirectRd  = desc("fs", "direct_read_bytes_total", "Stored bytes read from the backing store with O_DIRECT (large reads of O_DIRECT handles).")
+	fsDirectWr  = desc("fs", "direct_write_bytes_total", "Stored bytes written to the backing store with O_DIRECT (large aligned writes of O_DIRECT handles).")
 	fsReadArnd  = desc("fs", "read_arounds_total", "Small buffered reads that also started reading their neighbouring stored blocks.")
 	fsCacheDrop = desc("fs", "cache_drops_total", "O_DIRECT writes that dropped their range from the mount's page cache for open buffered handles.")
 	fsCacheFill = desc("fs", "cache_fills_total", "Windows of encrypted files without writers stored into the mount's page cache after a small read.")
@@ -40,7 +41,7 @@ var (
 type fsCollector struct{ src FSStats }
 
 func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsReadArnd, fsCacheDrop, fsCacheFill, fsOpenEnc} {
+	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsDirectWr, fsReadArnd, fsCacheDrop, fsCacheFill, fsOpenEnc} {
 		ch <- d
 	}
 }
@@ -58,6 +59,7 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(fsKeyErr, s.KeyErrors)
 	counter(fsHdrErr, s.HeaderErrors)
 	counter(fsDirectRd, s.BytesReadDirect)
+	counter(fsDirectWr, s.BytesWrittenDirect)
 	counter(fsReadArnd, s.ReadArounds)
 	counter(fsCacheDrop, s.CacheDrops)
 	counter(fsCacheFill, s.CacheFills)
