@@ -19,8 +19,8 @@ import (
 // (FADV_WILLNEED: one asynchronous request the block's own read then waits
 // on). Later misses in that range find their ciphertext cached and cost
 // a FUSE round trip instead of a disk read. Measured on this machine with
-// cold 4 KiB random reads of a 512 MiB file: median latency 86 -> 27 us;
-// the 10 s fio randread job of make bench 1.5-1.7x gocryptfs.
+// cold 4 KiB random reads of a 512 MiB file: median latency 84-90 ->
+// 22-24 us (docs/BENCHMARKS.md, knob table).
 //
 // Reading around only pays if the neighbours are read before the page
 // cache evicts them. It is done for files whose stored size is at most
