@@ -20,17 +20,7 @@ func TestDirectLargeReads(t *testing.T) {
 	const size = 3<<20 + 1234
 	want := randBytes(size)
 	mustWrite(t, tf.m("vm/disk"), want)
-	probe := mustOpenFd(t, tf.b("vm/disk"))
-	fd := openDirect(probe, false)
-	unix.Close(probe)
-	if fd < 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the backing filesystem of the test refuses O_DIRECT; CI needs it to test the direct read path")
-		}
-		t.Skip("the backing filesystem refuses O_DIRECT")
-	} else {
-		unix.Close(fd)
-	}
+	requireBackingDirect(t, tf.b("vm/disk"))
 	f := openRW(t, tf.m("vm/disk"), syscall.O_DIRECT)
 	reads := []struct {
 		name     string
@@ -116,16 +106,7 @@ func TestDirectLargeWrites(t *testing.T) {
 		{"1 MiB at 2 MiB + 100 bytes (unaligned)", 2<<20 + 100, 1 << 20, false},
 		{"extending 1 MiB at the end", size - 512<<10, 1 << 20, true},
 	}
-	probe := mustOpenFd(t, tf.b("vm/disk"))
-	dfd := openDirect(probe, false)
-	unix.Close(probe)
-	if dfd < 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the backing filesystem of the test refuses O_DIRECT; CI needs it to test the direct write path")
-		}
-		t.Skip("the backing filesystem refuses O_DIRECT")
-	}
-	unix.Close(dfd)
+	requireBackingDirect(t, tf.b("vm/disk"))
 	for i, w := range writes {
 		if i%2 == 0 {
 			readAll(t, buffered, len(want)) // backing pages cached
@@ -150,4 +131,20 @@ func TestDirectLargeWrites(t *testing.T) {
 	buffered.Close()
 	tf.waitReleased()
 	checkContent(t, tf.m("vm/disk"), want)
+}
+
+// requireBackingDirect skips (fails in CI) unless the backing file at path
+// can be opened with O_DIRECT, which the direct paths under test need.
+func requireBackingDirect(t *testing.T, path string) {
+	t.Helper()
+	probe := mustOpenFd(t, path)
+	fd := openDirect(probe, false)
+	unix.Close(probe)
+	if fd < 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the backing filesystem of the test refuses O_DIRECT; CI needs it to test the direct I/O paths")
+		}
+		t.Skip("the backing filesystem refuses O_DIRECT")
+	}
+	unix.Close(fd)
 }

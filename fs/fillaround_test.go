@@ -46,14 +46,7 @@ func TestFillAround(t *testing.T) {
 			if c.writer {
 				openRW(t, tf.m("vm/disk"), 0)
 			}
-			f, err := os.OpenFile(tf.m("vm/disk"), os.O_RDONLY|c.flags, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
-				t.Fatal(err)
-			}
+			f := openRandom(t, tf.m("vm/disk"), c.flags)
 			before := tf.root.Stats().CacheFills
 			buf := make([]byte, 4096)
 			if _, err := f.ReadAt(buf, page*4096); err != nil {
@@ -196,14 +189,7 @@ func TestFillAroundTamperedBlock(t *testing.T) {
 	}
 	bf.Close()
 
-	f, err := os.Open(tf.m("vm/f"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
-		t.Fatal(err)
-	}
+	f := openRandom(t, tf.m("vm/f"), 0)
 	buf := make([]byte, 4096)
 	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {
 		t.Fatalf("read of good block 0: %v", err)

@@ -46,15 +46,7 @@ func TestReadAround(t *testing.T) {
 			if err := unix.Fadvise(back, 0, 0, unix.FADV_DONTNEED); err != nil {
 				t.Fatal(err)
 			}
-			f, err := os.OpenFile(tf.m("vm/disk"), os.O_RDONLY|c.flags, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			// As fio does for random jobs: no kernel read-ahead on the mount.
-			if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
-				t.Fatal(err)
-			}
+			f := openRandom(t, tf.m("vm/disk"), c.flags)
 			before := tf.root.Stats().ReadArounds
 			buf := make([]byte, objcrypt.PlainBlockSize)
 			if _, err := f.ReadAt(buf, block*objcrypt.PlainBlockSize); err != nil {
@@ -81,4 +73,20 @@ func TestReadAround(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openRandom opens path read-only (plus flags) for random reads, as fio
+// does for random jobs: FADV_RANDOM, so the kernel reads nothing ahead
+// and every miss reaches the daemon as the page asked for.
+func openRandom(t *testing.T, path string, flags int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDONLY|flags, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
