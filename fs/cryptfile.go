@@ -64,10 +64,6 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 // Write encrypts the request, read-modify-writing only its edge blocks.
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.r.opDone(OpWrite, f.r.opStart())
-	if f.direct {
-		// Even a failed write may have changed some of the range.
-		defer f.n.dropCachedAfterDirectWrite(off, len(data))
-	}
 	if handled, trim, err := f.writeWholeBlocks(data, uint64(off)); handled {
 		if trim != nil {
 			f.o.mu.Lock()
@@ -113,7 +109,6 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 		f.r.unregisterOpen(f)
 	}
 	f.r.stats.openEnc.Add(-1)
-	f.n.untrackHandle(f.direct)
 	f.n.releaseObject(f.o)
 	if f.dfd >= 0 {
 		unix.Close(f.dfd)

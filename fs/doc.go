@@ -53,11 +53,6 @@
 //   - Attribute and entry timeouts 1 s, no negative caching: the daemon is
 //     the only writer, and 1 s bounds stale attributes after an
 //     administrator edits the backing store directly.
-//   - Explicit data cache control: writes do not drop the file's page
-//     cache (the kernel's automatic invalidation on a changed mtime is off).
-//     Every open still drops it, and the daemon drops the range of an
-//     O_DIRECT write while buffered handles are open (pagecache.go): file
-//     data is close-to-open consistent with changes behind the mount.
 //   - Small buffered reads of encrypted files up to 1/16 of RAM read the
 //     128 KiB of stored blocks around them into the backing page cache
 //     (readaround.go); while no writable handle of the file is open, a

@@ -25,8 +25,7 @@ type MountOptions struct {
 // attrTimeout is the kernel attribute and entry cache lifetime. The daemon
 // is the only writer of the backing store, so caching is safe; one second
 // (the libfuse default) bounds how long attributes changed directly on the
-// backing store by an administrator (fsck, restore) stay invisible. File
-// data follows the next open instead (pagecache.go).
+// backing store by an administrator (fsck, restore) stay invisible.
 // Negative lookups are not cached, so a file restored on the backing store
 // shows up at once.
 const attrTimeout = time.Second
@@ -51,8 +50,8 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
-// (killPrivFS). The page cache survives writes (explicit data cache
-// control, pagecache.go). Write-back caching stays off: a write would return before
+// (killPrivFS). The kernel's automatic data cache invalidation stays on
+// (docs/DESIGN-NOTES.md says why). Write-back caching stays off: a write would return before
 // its ciphertext reached the backing store, so a later ENOSPC or EIO would
 // lose a write that had succeeded.
 func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
@@ -79,9 +78,6 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2,
-			// The page cache survives writes through the mount
-			// (pagecache.go says who drops it instead).
-			ExplicitDataCacheControl: true,
 		},
 	}
 	// gofs.Mount, with killPrivFS between the kernel and the node API,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -33,8 +32,7 @@ type node struct {
 	kind int
 	obj  *objState // open encrypted object, shared by all handles of this inode
 
-	bufferedOpen atomic.Int32 // open handles without O_DIRECT (pagecache.go)
-	fill         fillGate     // cache fills against changes (fillaround.go)
+	fill fillGate // cache fills against changes (fillaround.go)
 }
 
 // cnode gives the *node behind any of our InodeEmbedders (node or Root).

@@ -117,7 +117,6 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	if cf.direct {
 		cf.dfd = openDirect(fd, cf.writable)
 	}
-	n.trackHandle(cf.direct)
 	n.fill.opened()
 	if cf.writable {
 		n.fill.block()

@@ -15,7 +15,6 @@ type Stats struct {
 	BytesReadDirect      uint64 // stored bytes read with O_DIRECT for large reads of O_DIRECT handles
 	BytesWrittenDirect   uint64 // stored bytes written with O_DIRECT for large aligned writes of O_DIRECT handles
 	ReadArounds          uint64 // small buffered reads that read their block's neighbours too (readaround.go)
-	CacheDrops           uint64 // direct writes that dropped their range from the mount's page cache (pagecache.go)
 	CacheFills           uint64 // windows of read-only files stored into the mount's page cache (fillaround.go)
 }
 
@@ -23,7 +22,7 @@ type counters struct {
 	blocksEnc, bytesEnc, blocksDec, bytesDec atomic.Uint64
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
-	directRead, readAround, cacheDrops       atomic.Uint64
+	directRead, readAround                   atomic.Uint64
 	cacheFills, directWrite                  atomic.Uint64
 }
 
@@ -42,7 +41,6 @@ func (r *Root) Stats() Stats {
 		BytesReadDirect:      c.directRead.Load(),
 		BytesWrittenDirect:   c.directWrite.Load(),
 		ReadArounds:          c.readAround.Load(),
-		CacheDrops:           c.cacheDrops.Load(),
 		CacheFills:           c.cacheFills.Load(),
 	}
 }

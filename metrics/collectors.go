@@ -22,7 +22,6 @@ var (
 	fsDirectRd  = desc("fs", "direct_read_bytes_total", "Stored bytes read from the backing store with O_DIRECT (large reads of O_DIRECT handles).")
 	fsDirectWr  = desc("fs", "direct_write_bytes_total", "Stored bytes written to the backing store with O_DIRECT (large aligned writes of O_DIRECT handles).")
 	fsReadArnd  = desc("fs", "read_arounds_total", "Small buffered reads that also started reading their neighbouring stored blocks.")
-	fsCacheDrop = desc("fs", "cache_drops_total", "O_DIRECT writes that dropped their range from the mount's page cache for open buffered handles.")
 	fsCacheFill = desc("fs", "cache_fills_total", "Windows of encrypted files without writers stored into the mount's page cache after a small read.")
 	fsOpenEnc   = desc("fs", "open_encrypted_handles", "Encrypted file handles open now.")
 
@@ -41,7 +40,7 @@ var (
 type fsCollector struct{ src FSStats }
 
 func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsDirectWr, fsReadArnd, fsCacheDrop, fsCacheFill, fsOpenEnc} {
+	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsDirectWr, fsReadArnd, fsCacheFill, fsOpenEnc} {
 		ch <- d
 	}
 }
@@ -61,7 +60,6 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(fsDirectRd, s.BytesReadDirect)
 	counter(fsDirectWr, s.BytesWrittenDirect)
 	counter(fsReadArnd, s.ReadArounds)
-	counter(fsCacheDrop, s.CacheDrops)
 	counter(fsCacheFill, s.CacheFills)
 	ch <- prometheus.MustNewConstMetric(fsOpenEnc, prometheus.GaugeValue, float64(s.OpenEncryptedHandles))
 }
