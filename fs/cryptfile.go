@@ -104,8 +104,6 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 	f.fills.Wait()
 	if f.writable {
 		f.n.fill.unblock()
-	}
-	if f.writable {
 		f.r.unregisterOpen(f)
 	}
 	f.r.stats.openEnc.Add(-1)

@@ -53,10 +53,8 @@ func (g *fillGate) block() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.writers++
+	g.idle.L = &g.mu // the zero fillGate is ready to use; Wait needs L
 	for g.filling {
-		if g.idle.L == nil {
-			g.idle.L = &g.mu
-		}
 		g.idle.Wait()
 	}
 }
@@ -97,9 +95,7 @@ func (g *fillGate) start(w uint64) bool {
 func (g *fillGate) done() {
 	g.mu.Lock()
 	g.filling = false
-	if g.idle.L != nil {
-		g.idle.Broadcast()
-	}
+	g.idle.Broadcast()
 	g.mu.Unlock()
 }
 

@@ -38,11 +38,7 @@ func TestFillAround(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tf := newTestFS(t, testOpts{readAroundLimit: c.limit})
-			tf.encDir("vm")
-			want := randBytes(size)
-			mustWrite(t, tf.m("vm/disk"), want)
-			tf.waitReleased()
+			tf, want := newEncryptedFile(t, c.limit, size)
 			if c.writer {
 				openRW(t, tf.m("vm/disk"), 0)
 			}

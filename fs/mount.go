@@ -51,9 +51,10 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
 // (killPrivFS). The kernel's automatic data cache invalidation stays on
-// (docs/DESIGN-NOTES.md says why). Write-back caching stays off: a write would return before
-// its ciphertext reached the backing store, so a later ENOSPC or EIO would
-// lose a write that had succeeded.
+// (docs/DESIGN-NOTES.md, "Page cache across writes"). Write-back caching
+// stays off: a write would return before its ciphertext reached the
+// backing store, so a later ENOSPC or EIO would lose a write that had
+// succeeded.
 func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error) {
 	timeout := attrTimeout
 	fsName := mo.FsName

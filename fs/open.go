@@ -120,8 +120,6 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	n.fill.opened()
 	if cf.writable {
 		n.fill.block()
-	}
-	if cf.writable {
 		n.r.registerOpen(cf)
 	}
 	n.r.stats.openEnc.Add(1)

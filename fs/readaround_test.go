@@ -33,11 +33,10 @@ func TestReadAround(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tf := newTestFS(t, testOpts{readAroundLimit: c.limit})
-			tf.encDir("vm")
-			want := randBytes(size)
-			mustWrite(t, tf.m("vm/disk"), want)
-			tf.waitReleased()
+			tf, want := newEncryptedFile(t, c.limit, size)
+			// A writable handle keeps fills (fillaround.go) out: their
+			// own reads would cache the window whatever read-around did.
+			openRW(t, tf.m("vm/disk"), 0)
 			back := mustOpenFd(t, tf.b("vm/disk"))
 			defer unix.Close(back)
 			if err := unix.Fsync(back); err != nil {
@@ -89,4 +88,17 @@ func openRandom(t *testing.T, path string, flags int) *os.File {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// newEncryptedFile mounts a fresh cryptds with the given read-around limit
+// and writes size random bytes to the encrypted file vm/disk, whose
+// handles are released on return.
+func newEncryptedFile(t *testing.T, limit int64, size int) (*testFS, []byte) {
+	t.Helper()
+	tf := newTestFS(t, testOpts{readAroundLimit: limit})
+	tf.encDir("vm")
+	want := randBytes(size)
+	mustWrite(t, tf.m("vm/disk"), want)
+	tf.waitReleased()
+	return tf, want
 }
