@@ -182,14 +182,15 @@ func backingFlags(flags uint32) int {
 	return f
 }
 
-// openFlags are the FOPEN_* flags for a new handle. O_DIRECT opens get FUSE
-// direct I/O, so they bypass the page cache of the mount as QEMU
-// cache=none and fio direct=1 expect.
+// openFlags are the FOPEN_* flags for a new handle. Every open keeps the
+// page cache (pagecache.go drops it when the backing file changed behind
+// the mount). O_DIRECT opens get FUSE direct I/O, so they bypass the page
+// cache of the mount as QEMU cache=none and fio direct=1 expect.
 func openFlags(flags uint32, encrypted bool) uint32 {
 	if flags&syscall.O_DIRECT == 0 {
-		return 0
+		return fuse.FOPEN_KEEP_CACHE
 	}
-	ff := uint32(fuse.FOPEN_DIRECT_IO)
+	ff := uint32(fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE)
 	if encrypted {
 		// Our per-object lock orders writes; the kernel need not
 		// serialise direct writes to one file on top of it.

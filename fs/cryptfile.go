@@ -64,6 +64,16 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 // Write encrypts the request, read-modify-writing only its edge blocks.
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.r.opDone(OpWrite, f.r.opStart())
+	if !f.direct {
+		return f.write(data, off)
+	}
+	w := f.n.watchDirectWrite()
+	n, errno := f.write(data, off)
+	f.n.dropAfterDirectWrite(w, off, len(data)) // a failed write may have changed part of the range
+	return n, errno
+}
+
+func (f *cryptFile) write(data []byte, off int64) (uint32, syscall.Errno) {
 	if handled, trim, err := f.writeWholeBlocks(data, uint64(off)); handled {
 		if trim != nil {
 			f.o.mu.Lock()
@@ -102,8 +112,8 @@ func (f *cryptFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 // Release closes the backing descriptor and drops the object reference.
 func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 	f.fills.Wait()
+	f.n.cacheReleased(f.fd, f.writable, f.direct)
 	if f.writable {
-		f.n.fill.unblock()
 		f.r.unregisterOpen(f)
 	}
 	f.r.stats.openEnc.Add(-1)

@@ -58,6 +58,11 @@
 //     (readaround.go); while no writable handle of the file is open, a
 //     goroutine also decrypts that window and stores it into the mount's
 //     page cache with FUSE_NOTIFY_STORE (fillaround.go).
+//   - The page cache survives writes and opens (explicit data cache control,
+//     FOPEN_KEEP_CACHE on every open): an open of a file nobody has open
+//     for writing drops it if the backing file changed behind the mount
+//     (close-to-open), and O_DIRECT writes drop their range while buffered
+//     handles are open (pagecache.go).
 //   - No write-back cache: a write would return before its ciphertext
 //     reached the backing store, and a later ENOSPC or EIO would lose it.
 //   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image

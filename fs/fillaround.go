@@ -1,9 +1,5 @@
 package fs
 
-import (
-	"sync"
-)
-
 // Small reads of encrypted files that nobody can write fill the mount's
 // page cache around them.
 //
@@ -19,13 +15,12 @@ import (
 // hits.
 //
 // Storing pages is only correct while their content cannot change, so the
-// fill gate orders fills against every change:
+// node's cache gate (pagecache.go) orders fills against every change:
 //
 //   - Opening a writable handle (and so every write, truncate, fallocate,
 //     copy_file_range and shared writable mmap, which all need one) waits
 //     for a fill in flight and forbids new ones until the last writable
-//     handle is released. The open's reply then makes the kernel drop the
-//     cache (no FOPEN_KEEP_CACHE), stored pages included.
+//     handle is released.
 //   - Shred marks the object revoked, waits for a fill in flight, forbids
 //     new ones for good, and only then drops the cache (rekey.go).
 //   - A fill never waits for anything a change holds: it takes the object
@@ -33,68 +28,33 @@ import (
 //     them. The store waits for page locks of reads in flight, which finish
 //     on their own.
 //
-// A window is filled once per open (every open drops the cache); a fill
-// in flight makes other misses skip filling rather than queue. Fills
+// A window is filled at most once per open (pages stored earlier may have
+// been evicted since); a fill in flight makes other misses skip filling rather than queue. Fills
 // follow the read-around size limit: the file must fit comfortably in the
 // page cache, or the pages stored would be evicted before use.
 const fillWindow = 128 << 10
 
-// fillGate orders cache fills of one encrypted file against changes.
-type fillGate struct {
-	mu      sync.Mutex
-	idle    sync.Cond // signalled when filling drops to false
-	writers int       // writable handles open, and revocations (never undone)
-	filling bool      // a fill is in flight
-	filled  []uint64  // bitmap of windows stored since the last open
-}
-
-// block waits for a fill in flight and keeps new fills out until unblock.
-func (g *fillGate) block() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.writers++
-	g.idle.L = &g.mu // the zero fillGate is ready to use; Wait needs L
-	for g.filling {
-		g.idle.Wait()
-	}
-}
-
-// unblock undoes one block.
-func (g *fillGate) unblock() {
-	g.mu.Lock()
-	g.writers--
-	g.mu.Unlock()
-}
-
-// opened forgets which windows were stored: the kernel drops the cache of
-// a file at every open.
-func (g *fillGate) opened() {
-	g.mu.Lock()
-	clear(g.filled)
-	g.mu.Unlock()
-}
-
 // start claims window w for a fill, unless a change forbids fills, a fill
 // is already in flight, or w was stored since the last open.
-func (g *fillGate) start(w uint64) bool {
+func (g *cacheGate) start(w uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	word, bit := w/64, uint64(1)<<(w%64)
-	if g.writers > 0 || g.filling || word < uint64(len(g.filled)) && g.filled[word]&bit != 0 {
+	if g.writers > 0 || g.busy || word < uint64(len(g.filled)) && g.filled[word]&bit != 0 {
 		return false
 	}
 	if word >= uint64(len(g.filled)) {
 		g.filled = append(g.filled, make([]uint64, word+1-uint64(len(g.filled)))...)
 	}
 	g.filled[word] |= bit
-	g.filling = true
+	g.busy = true
 	return true
 }
 
 // done ends the fill in flight.
-func (g *fillGate) done() {
+func (g *cacheGate) done() {
 	g.mu.Lock()
-	g.filling = false
+	g.busy = false
 	g.idle.Broadcast()
 	g.mu.Unlock()
 }
@@ -110,13 +70,13 @@ func (f *cryptFile) fillAround(off uint64, n int, psize, csize uint64) {
 	if off == w*fillWindow && off+uint64(n) >= min((w+1)*fillWindow, psize) {
 		return
 	}
-	if !f.n.fill.start(w) {
+	if !f.n.cache.start(w) {
 		return
 	}
 	f.fills.Add(1)
 	go func() {
 		defer f.fills.Done()
-		defer f.n.fill.done()
+		defer f.n.cache.done()
 		f.fillWindowAt(w, off, off+uint64(n))
 	}()
 }

@@ -50,9 +50,9 @@ func TestFillAround(t *testing.T) {
 			}
 			n := nodeOf(t, tf, "vm/disk")
 			waitFor(t, "the fill in flight", func() bool {
-				n.fill.mu.Lock()
-				defer n.fill.mu.Unlock()
-				return !n.fill.filling
+				n.cache.mu.Lock()
+				defer n.cache.mu.Unlock()
+				return !n.cache.busy
 			})
 			fills := tf.root.Stats().CacheFills - before
 			start := int64(page * 4096 / fillWindow * fillWindow)
@@ -85,7 +85,8 @@ func TestFillAround(t *testing.T) {
 }
 
 // TestFillAroundWriters keeps readers reading random pages of an encrypted
-// file through read-only handles (so windows get stored) while a writer
+// file through read-only handles (so windows get stored; they evict the
+// file's cache at every open, as memory pressure would) while a writer
 // opens, writes one block and closes, over and over; after every close,
 // the read-only handles must read the block's new content. A window
 // decrypted before a write and stored after it would show old bytes.
@@ -95,6 +96,7 @@ func TestFillAroundWriters(t *testing.T) {
 	const blocks = 256
 	want := randBytes(blocks * objcrypt.PlainBlockSize)
 	mustWrite(t, tf.m("vm/disk"), want)
+	dropMountCache(t, tf.m("vm/disk"))
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	// Stop the readers on every way out, or they keep the mount busy.
@@ -116,6 +118,7 @@ func TestFillAroundWriters(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 				for range 16 {
 					f.ReadAt(buf, int64(rand.IntN(blocks))*4096)
@@ -192,9 +195,9 @@ func TestFillAroundTamperedBlock(t *testing.T) {
 	}
 	n := nodeOf(t, tf, "vm/f")
 	waitFor(t, "the fill in flight", func() bool {
-		n.fill.mu.Lock()
-		defer n.fill.mu.Unlock()
-		return !n.fill.filling
+		n.cache.mu.Lock()
+		defer n.cache.mu.Unlock()
+		return !n.cache.busy
 	})
 	if got := tf.root.Stats().AuthFailures; got != 0 || strings.Contains(tf.logs.String(), "block failed authentication") {
 		t.Fatalf("the fill reported the tampered block (%d failures counted): %s", got, tf.logs.String())
@@ -219,15 +222,16 @@ func TestFillAroundWholeSmallFile(t *testing.T) {
 	data := randBytes(20000)
 	mustWrite(t, tf.m("vm/nvram"), data)
 	tf.waitReleased()
+	dropMountCache(t, tf.m("vm/nvram"))
 	before := tf.root.Stats().CacheFills
 	if got := mustRead(t, tf.m("vm/nvram")); !bytes.Equal(got, data) {
 		t.Fatal("read differs")
 	}
 	n := nodeOf(t, tf, "vm/nvram")
 	waitFor(t, "the fill in flight", func() bool {
-		n.fill.mu.Lock()
-		defer n.fill.mu.Unlock()
-		return !n.fill.filling
+		n.cache.mu.Lock()
+		defer n.cache.mu.Unlock()
+		return !n.cache.busy
 	})
 	if fills := tf.root.Stats().CacheFills - before; fills != 0 {
 		t.Errorf("%d fills after reading a whole small file, want 0", fills)

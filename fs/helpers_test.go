@@ -197,3 +197,17 @@ func (tf *testFS) waitReleased() {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// dropMountCache evicts the mount's cached pages of path, as memory
+// pressure would: the page cache now outlives writes and opens.
+func dropMountCache(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatalf("fadvise %s: %v", path, err)
+	}
+}

@@ -25,7 +25,8 @@ type MountOptions struct {
 // attrTimeout is the kernel attribute and entry cache lifetime. The daemon
 // is the only writer of the backing store, so caching is safe; one second
 // (the libfuse default) bounds how long attributes changed directly on the
-// backing store by an administrator (fsck, restore) stay invisible.
+// backing store by an administrator (fsck, restore) stay invisible. File
+// data follows at the next open (pagecache.go).
 // Negative lookups are not cached, so a file restored on the backing store
 // shows up at once.
 const attrTimeout = time.Second
@@ -50,8 +51,8 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
-// (killPrivFS). The kernel's automatic data cache invalidation stays on
-// (docs/DESIGN-NOTES.md, "Page cache across writes"). Write-back caching
+// (killPrivFS). The page cache survives writes and opens (explicit data
+// cache control and FOPEN_KEEP_CACHE, pagecache.go). Write-back caching
 // stays off: a write would return before its ciphertext reached the
 // backing store, so a later ENOSPC or EIO would lose a write that had
 // succeeded.
@@ -79,6 +80,9 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2,
+			// The page cache survives writes and opens; pagecache.go
+			// says who drops it instead.
+			ExplicitDataCacheControl: true,
 		},
 	}
 	// gofs.Mount, with killPrivFS between the kernel and the node API,

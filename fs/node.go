@@ -32,7 +32,7 @@ type node struct {
 	kind int
 	obj  *objState // open encrypted object, shared by all handles of this inode
 
-	fill fillGate // cache fills against changes (fillaround.go)
+	cache cacheGate // the kernel's page cache against changes (pagecache.go)
 }
 
 // cnode gives the *node behind any of our InodeEmbedders (node or Root).

@@ -117,9 +117,8 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	if cf.direct {
 		cf.dfd = openDirect(fd, cf.writable)
 	}
-	n.fill.opened()
+	n.cacheOpened(fd, cf.writable, cf.direct)
 	if cf.writable {
-		n.fill.block()
 		n.r.registerOpen(cf)
 	}
 	n.r.stats.openEnc.Add(1)

@@ -16,6 +16,7 @@ import (
 type plainFile struct {
 	n        *node
 	fd       int
+	direct   bool // opened with O_DIRECT: FUSE direct I/O, the mount's page cache bypassed
 	writable bool
 }
 
@@ -31,7 +32,9 @@ var (
 )
 
 func (r *Root) newPlainFile(n *node, fd int, flags uint32) *plainFile {
-	f := &plainFile{n: n, fd: fd, writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	f := &plainFile{n: n, fd: fd, direct: flags&syscall.O_DIRECT != 0,
+		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
+	n.cacheOpened(fd, f.writable, f.direct)
 	if f.writable {
 		r.registerOpen(f)
 	}
@@ -53,6 +56,10 @@ func (f *plainFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 // Write is pwrite on the backing file.
 func (f *plainFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.n.r.opDone(OpWrite, f.n.r.opStart())
+	if f.direct {
+		w := f.n.watchDirectWrite()
+		defer f.n.dropAfterDirectWrite(w, off, len(data)) // a failed write may have changed part of the range
+	}
 	if err := pwriteFull(f.fd, data, off); err != nil {
 		return 0, toErrno(err)
 	}
@@ -73,6 +80,7 @@ func (f *plainFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 // Release closes the backing descriptor.
 func (f *plainFile) Release(ctx context.Context) syscall.Errno {
+	f.n.cacheReleased(f.fd, f.writable, f.direct)
 	if f.writable {
 		f.n.r.unregisterOpen(f)
 	}

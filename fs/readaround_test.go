@@ -100,5 +100,6 @@ func newEncryptedFile(t *testing.T, limit int64, size int) (*testFS, []byte) {
 	want := randBytes(size)
 	mustWrite(t, tf.m("vm/disk"), want)
 	tf.waitReleased()
+	dropMountCache(t, tf.m("vm/disk"))
 	return tf, want
 }

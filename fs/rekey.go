@@ -457,7 +457,7 @@ func (r *Root) forgetKEKs(ids map[string]bool, vms map[objcrypt.VMID]bool) {
 	}
 	r.objMu.Unlock()
 	for _, n := range nodes {
-		n.fill.block() // for good: no page may be stored after the drop
+		n.cache.block() // for good: no page may be stored after the drop
 		_ = n.NotifyContent(0, 0)
 	}
 }

@@ -16,6 +16,7 @@ type Stats struct {
 	BytesWrittenDirect   uint64 // stored bytes written with O_DIRECT for large aligned writes of O_DIRECT handles
 	ReadArounds          uint64 // small buffered reads that read their block's neighbours too (readaround.go)
 	CacheFills           uint64 // windows of read-only files stored into the mount's page cache (fillaround.go)
+	CacheDrops           uint64 // page-cache drops for changes behind the mount and after O_DIRECT writes (pagecache.go)
 }
 
 type counters struct {
@@ -23,7 +24,7 @@ type counters struct {
 	authFail, keyErr, hdrErr                 atomic.Uint64
 	openEnc                                  atomic.Int64
 	directRead, readAround                   atomic.Uint64
-	cacheFills, directWrite                  atomic.Uint64
+	cacheFills, directWrite, cacheDrops      atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -42,6 +43,7 @@ func (r *Root) Stats() Stats {
 		BytesWrittenDirect:   c.directWrite.Load(),
 		ReadArounds:          c.readAround.Load(),
 		CacheFills:           c.cacheFills.Load(),
+		CacheDrops:           c.cacheDrops.Load(),
 	}
 }
 

@@ -23,6 +23,7 @@ var (
 	fsDirectWr  = desc("fs", "direct_write_bytes_total", "Stored bytes written to the backing store with O_DIRECT (large aligned writes of O_DIRECT handles).")
 	fsReadArnd  = desc("fs", "read_arounds_total", "Small buffered reads that also started reading their neighbouring stored blocks.")
 	fsCacheFill = desc("fs", "cache_fills_total", "Windows of encrypted files without writers stored into the mount's page cache after a small read.")
+	fsCacheDrop = desc("fs", "cache_drops_total", "Page-cache drops for files changed behind the mount or written with O_DIRECT while buffered handles were open.")
 	fsOpenEnc   = desc("fs", "open_encrypted_handles", "Encrypted file handles open now.")
 
 	krHits    = desc("keyring", "memory_hits_total", "Key lookups answered from the in-memory cache.")
@@ -40,7 +41,7 @@ var (
 type fsCollector struct{ src FSStats }
 
 func (c fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsDirectWr, fsReadArnd, fsCacheFill, fsOpenEnc} {
+	for _, d := range []*prometheus.Desc{fsBlocksEnc, fsBytesEnc, fsBlocksDec, fsBytesDec, fsAuthFail, fsKeyErr, fsHdrErr, fsDirectRd, fsDirectWr, fsReadArnd, fsCacheFill, fsCacheDrop, fsOpenEnc} {
 		ch <- d
 	}
 }
@@ -61,6 +62,7 @@ func (c fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(fsDirectWr, s.BytesWrittenDirect)
 	counter(fsReadArnd, s.ReadArounds)
 	counter(fsCacheFill, s.CacheFills)
+	counter(fsCacheDrop, s.CacheDrops)
 	ch <- prometheus.MustNewConstMetric(fsOpenEnc, prometheus.GaugeValue, float64(s.OpenEncryptedHandles))
 }
 
