@@ -44,10 +44,12 @@ func (f *cryptFile) readBlocks(dest []byte, off uint64, caller bool) (int, error
 	first, count := objcrypt.BlockRange(off, end-off)
 	cOff := objcrypt.CipherOffsetOfBlock(first)
 	cEnd := min(objcrypt.CipherOffsetOfBlock(first+count), csize)
+	read := f.storedRangeBuffered // a fill's window was just read around into the page cache
 	if caller {
 		f.readAround(cOff, cEnd, csize)
+		read = f.storedRange
 	}
-	cb, release, err := f.storedRange(cOff, cEnd)
+	cb, release, err := read(cOff, cEnd)
 	if err != nil {
 		return 0, err
 	}

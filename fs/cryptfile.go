@@ -21,7 +21,8 @@ type cryptFile struct {
 	r        *Root
 	o        *objState
 	fd       int
-	dfd      int  // O_DIRECT descriptor for large reads of O_DIRECT handles, or -1 (directread.go)
+	dfdOnce  sync.Once
+	dfd      int  // O_DIRECT descriptor for large reads and writes, or -1 (directread.go); use directFD
 	direct   bool // opened with O_DIRECT: FUSE direct I/O, the mount's page cache bypassed
 	writable bool
 	fills    sync.WaitGroup // cache fills running on this handle's descriptor (fillaround.go)
@@ -118,6 +119,7 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 	}
 	f.r.stats.openEnc.Add(-1)
 	f.n.releaseObject(f.o)
+	f.dfdOnce.Do(func() {}) // no request runs any more; keep one from opening it now
 	if f.dfd >= 0 {
 		unix.Close(f.dfd)
 	}

@@ -8,19 +8,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Large reads of O_DIRECT handles bypass the backing page cache.
+// Large reads and writes bypass the backing page cache.
 //
-// A caller that opens with O_DIRECT (QEMU cache=none, fio direct=1, backup
-// agents streaming a disk) asked for no host caching. Stored blocks are
-// 4128 bytes and not sector aligned, so the handle's own backing
-// descriptor is buffered; reading a cold megabyte through it costs a
-// page-cache fill and a copy, and left direct sequential reads at about
+// Stored blocks are 4128 bytes and not sector aligned, so a handle's own
+// backing descriptor is buffered; reading a cold megabyte through it costs
+// a page-cache fill and a copy, and left direct sequential reads at about
 // half of a plain loopback that passes O_DIRECT through. For reads of
 // directReadMin or more, the stored range is widened to directAlign and
 // read with a second, O_DIRECT descriptor into an aligned buffer, unless
 // the page cache already holds the whole range (recent buffered writes,
 // other readers). Smaller reads stay buffered: random 4 KiB reads of a VM
 // disk hit cached ciphertext far more often than a disk is faster.
+//
+// This holds for buffered handles too (backup tools and QEMU
+// cache=writeback reading a disk): their plaintext is cached in the
+// mount's page cache, so caching the ciphertext a second time in the
+// backing page cache only costs memory and a copy, and with the mount's
+// 8 MiB read-ahead (mount.go) eight 1 MiB reads reach the disk at once
+// instead of one stream behind the backing device's read-ahead. Cold
+// 512 MiB buffered sequential reads: 0.8-1.1 -> 1.37-1.42 GB/s over six
+// alternating rounds (docs/BENCHMARKS.md).
 const (
 	directReadMin = 128 << 10
 	directAlign   = 4096 // offset and memory alignment O_DIRECT needs on every common block device
@@ -33,6 +40,14 @@ var alignedPool = sync.Pool{New: func() any {
 	b := make([]byte, largeBuf+3*directAlign)
 	return &b
 }}
+
+// directFD is the handle's O_DIRECT descriptor, opened at its first large
+// request: most handles (configs, NVRAM, logs, 4 KiB VM I/O) never make
+// one, and an open is a syscall more per open.
+func (f *cryptFile) directFD() int {
+	f.dfdOnce.Do(func() { f.dfd = openDirect(f.fd, f.writable) })
+	return f.dfd
+}
 
 // openDirect opens a second, O_DIRECT descriptor on the backing file of fd,
 // read-write for writable handles (-1 when the backing filesystem refuses
@@ -55,7 +70,7 @@ func openDirect(fd int, writable bool) int {
 // It returns the bytes (short at end of file) and a function that gives
 // the buffer back.
 func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
-	if f.dfd < 0 || end-off < directReadMin || end-off > largeBuf {
+	if end-off < directReadMin || end-off > largeBuf || f.directFD() < 0 {
 		return f.storedRangeBuffered(off, end)
 	}
 	start := off &^ (directAlign - 1)
@@ -104,8 +119,7 @@ func (f *cryptFile) storedRangeBuffered(off, end uint64) ([]byte, func(), error)
 
 // storeBuffer picks the descriptor and an empty buffer (capacity
 // end-off) for storing the encrypted range [off, end) of a whole-block
-// write. Large writes of O_DIRECT handles whose stored range is 4 KiB
-// aligned (512 KiB-aligned plaintext: 128 stored blocks are 129 pages) go
+// write. Large writes whose stored range is 4 KiB aligned (512 KiB-aligned plaintext: 128 stored blocks are 129 pages) go
 // to the O_DIRECT descriptor from an aligned buffer, as the caller asked:
 // through the buffered descriptor a cold 1 MiB write was a 1 MiB copy into
 // the page cache under the backing inode's lock (perf: 45 % of the
@@ -114,7 +128,7 @@ func (f *cryptFile) storedRangeBuffered(off, end uint64) ([]byte, func(), error)
 // back.
 func (f *cryptFile) storeBuffer(off, end uint64) (int, []byte, func()) {
 	n := int(end - off)
-	if f.dfd < 0 || !f.writable || off%directAlign != 0 || end%directAlign != 0 || n < directReadMin || n > largeBuf {
+	if !f.writable || off%directAlign != 0 || end%directAlign != 0 || n < directReadMin || n > largeBuf || f.directFD() < 0 {
 		cb := f.r.bufs.getCipher(n)
 		return f.fd, (*cb)[:0], func() { f.r.bufs.putCipher(cb) }
 	}

@@ -9,19 +9,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestDirectLargeReads reads an encrypted file through an O_DIRECT handle
-// in requests large enough for the O_DIRECT backing path, at aligned and
-// unaligned offsets and across the end of the file, once with the backing
-// pages evicted (read from the disk directly) and once with them cached
-// (read through the page cache), and compares every byte.
+// TestDirectLargeReads reads an encrypted file through an O_DIRECT and a
+// buffered handle in requests large enough for the O_DIRECT backing path,
+// at aligned and unaligned offsets and across the end of the file, once
+// with the backing pages evicted (read from the disk directly) and once
+// with them cached (read through the page cache), and compares every byte.
 func TestDirectLargeReads(t *testing.T) {
+	for _, kind := range []struct {
+		name  string
+		flags int
+	}{{"O_DIRECT", syscall.O_DIRECT}, {"buffered", 0}} {
+		t.Run(kind.name, func(t *testing.T) { testDirectLargeReads(t, kind.flags) })
+	}
+}
+
+func testDirectLargeReads(t *testing.T, flags int) {
 	tf := newTestFS(t, testOpts{})
 	tf.encDir("vm")
 	const size = 3<<20 + 1234
 	want := randBytes(size)
 	mustWrite(t, tf.m("vm/disk"), want)
 	requireBackingDirect(t, tf.b("vm/disk"))
-	f := openRW(t, tf.m("vm/disk"), syscall.O_DIRECT)
+	f := openRW(t, tf.m("vm/disk"), flags)
 	reads := []struct {
 		name     string
 		off, len int
@@ -36,18 +45,14 @@ func TestDirectLargeReads(t *testing.T) {
 	for _, cached := range []bool{false, true} {
 		back := mustOpenFd(t, tf.b("vm/disk"))
 		if cached {
-			buf := make([]byte, 1<<20)
-			for off := int64(0); ; off += int64(len(buf)) {
-				if n, _ := unix.Pread(back, buf, off); n <= 0 {
-					break
-				}
-			}
+			cacheBacking(t, tf.b("vm/disk"))
 		} else if err := unix.Fsync(back); err != nil {
 			t.Fatal(err)
 		} else if err := unix.Fadvise(back, 0, 0, unix.FADV_DONTNEED); err != nil {
 			t.Fatal(err)
 		}
 		unix.Close(back)
+		dropMountCache(t, tf.m("vm/disk")) // buffered reads must reach the daemon
 		before := tf.root.Stats().BytesReadDirect
 		for _, r := range reads {
 			buf := make([]byte, r.len)
@@ -80,18 +85,28 @@ func mustOpenFd(t *testing.T, path string) int {
 	return fd
 }
 
-// TestDirectLargeWrites writes an encrypted file through an O_DIRECT
-// handle in requests that do and do not map to 4 KiB-aligned stored
-// ranges, with the backing pages of the target cached (by a buffered
-// reader) and not, and checks every byte through a buffered handle and a
-// fresh open, and which writes went to the backing store with O_DIRECT.
+// TestDirectLargeWrites writes an encrypted file through an O_DIRECT and a
+// buffered handle in requests that do and do not map to 4 KiB-aligned
+// stored ranges, with the backing pages of the target cached and not, and
+// checks every byte through a buffered handle and, the mount's cache
+// evicted, a fresh open, and which writes went to the backing store with
+// O_DIRECT.
 func TestDirectLargeWrites(t *testing.T) {
+	for _, kind := range []struct {
+		name  string
+		flags int
+	}{{"O_DIRECT", syscall.O_DIRECT}, {"buffered", 0}} {
+		t.Run(kind.name, func(t *testing.T) { testDirectLargeWrites(t, kind.flags) })
+	}
+}
+
+func testDirectLargeWrites(t *testing.T, flags int) {
 	tf := newTestFS(t, testOpts{})
 	tf.encDir("vm")
 	const size = 4 << 20
 	want := randBytes(size)
 	mustWrite(t, tf.m("vm/disk"), want)
-	direct := openRW(t, tf.m("vm/disk"), syscall.O_DIRECT)
+	direct := openRW(t, tf.m("vm/disk"), flags)
 	buffered := openRW(t, tf.m("vm/disk"), 0)
 	writes := []struct {
 		name       string
@@ -109,7 +124,7 @@ func TestDirectLargeWrites(t *testing.T) {
 	requireBackingDirect(t, tf.b("vm/disk"))
 	for i, w := range writes {
 		if i%2 == 0 {
-			readAll(t, buffered, len(want)) // backing pages cached
+			cacheBacking(t, tf.b("vm/disk"))
 		}
 		data := randBytes(w.len)
 		before := tf.root.Stats().BytesWrittenDirect
@@ -130,7 +145,16 @@ func TestDirectLargeWrites(t *testing.T) {
 	direct.Close()
 	buffered.Close()
 	tf.waitReleased()
+	dropMountCache(t, tf.m("vm/disk"))
 	checkContent(t, tf.m("vm/disk"), want)
+}
+
+// cacheBacking reads a backing file whole into the page cache.
+func cacheBacking(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.ReadFile(path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // requireBackingDirect skips (fails in CI) unless the backing file at path

@@ -34,18 +34,17 @@
 //
 //   - FUSE passthrough is masked off mount-wide; no handle is a LoopbackFile.
 //   - O_DIRECT opens get FOPEN_DIRECT_IO (and parallel direct writes for
-//     encrypted handles); CAP_ASYNC_DIO is requested. The handle's backing
+//     encrypted handles); CAP_ASYNC_DIO is requested. A handle's backing
 //     descriptor is buffered (4128-byte stored blocks are not sector
-//     aligned); reads of 128 KiB or more on O_DIRECT handles widen the
-//     stored range to 4 KiB and read it through a second, O_DIRECT
-//     descriptor unless cachestat(2) finds it all cached; writes of 128 KiB
-//     or more whose stored range is 4 KiB aligned go through it too
-//     (directread.go).
+//     aligned); reads of 128 KiB or more, on any handle, widen the stored
+//     range to 4 KiB and read it through a second, O_DIRECT descriptor
+//     unless cachestat(2) finds it all cached; writes of 128 KiB or more
+//     whose stored range is 4 KiB aligned go through it too (directread.go).
 //   - HANDLE_KILLPRIV_V2 is negotiated, so a buffered write is one request
 //     instead of GETXATTR(security.capability) + WRITE; killPrivFS clears
 //     suid/sgid where the kernel now leaves it to the daemon.
 //   - max_write 1 MiB; large requests are spread over objcrypt's Pool. The
-//     mount's read-ahead is raised to the same 1 MiB through sysfs.
+//     mount's read-ahead is raised to 8 MiB through sysfs.
 //   - Whole-block writes read no old ciphertext (a failed one punches the
 //     block it cut through); writes up to 64 KiB read their backing pages
 //     in one request first, because 4128-byte stored blocks cover their

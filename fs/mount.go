@@ -106,10 +106,12 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 // 128 KiB, so buffered sequential readers (tar, rsync, restic reading a VM
 // disk) reached the daemon in small requests that the crypto pool could not
 // spread; one max_write (1 MiB) measured 0.84-2.7x per round, median 1.5x
-// over 10 alternating rounds, on buffered 1 MiB sequential reads
-// (docs/BENCHMARKS.md). Random readers are unaffected: the kernel grows
-// read-ahead only for sequential access.
-const readAheadKB = maxWrite >> 10
+// over 10 alternating rounds, on buffered 1 MiB sequential reads. Eight
+// max_writes keep eight requests in flight, which the daemon reads from
+// the disk in parallel with O_DIRECT (directread.go): 1.3x more over six
+// alternating rounds (docs/BENCHMARKS.md). Random readers are unaffected:
+// the kernel grows read-ahead only for sequential access.
+const readAheadKB = 8 * maxWrite >> 10
 
 // setReadAhead sets the read-ahead of the mount's backing device info
 // through sysfs, the one place the kernel offers it after FUSE INIT.

@@ -114,9 +114,6 @@ func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, f
 	}
 	cf := &cryptFile{n: n, r: n.r, o: o, fd: fd, dfd: -1, direct: flags&syscall.O_DIRECT != 0,
 		writable: flags&syscall.O_ACCMODE != syscall.O_RDONLY}
-	if cf.direct {
-		cf.dfd = openDirect(fd, cf.writable)
-	}
 	n.cacheOpened(fd, cf.writable, cf.direct)
 	if cf.writable {
 		n.r.registerOpen(cf)
