@@ -3,7 +3,6 @@ package fs
 import (
 	"bytes"
 	"os"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -15,10 +14,7 @@ import (
 // with the backing pages evicted (read from the disk directly) and once
 // with them cached (read through the page cache), and compares every byte.
 func TestDirectLargeReads(t *testing.T) {
-	for _, kind := range []struct {
-		name  string
-		flags int
-	}{{"O_DIRECT", syscall.O_DIRECT}, {"buffered", 0}} {
+	for _, kind := range handleKinds {
 		t.Run(kind.name, func(t *testing.T) { testDirectLargeReads(t, kind.flags) })
 	}
 }
@@ -92,10 +88,7 @@ func mustOpenFd(t *testing.T, path string) int {
 // evicted, a fresh open, and which writes went to the backing store with
 // O_DIRECT.
 func TestDirectLargeWrites(t *testing.T) {
-	for _, kind := range []struct {
-		name  string
-		flags int
-	}{{"O_DIRECT", syscall.O_DIRECT}, {"buffered", 0}} {
+	for _, kind := range handleKinds {
 		t.Run(kind.name, func(t *testing.T) { testDirectLargeWrites(t, kind.flags) })
 	}
 }

@@ -29,8 +29,8 @@ package fs
 //     on their own.
 //
 // A window is filled at most once per open (pages stored earlier may have
-// been evicted since); a fill in flight makes other misses skip filling rather than queue. Fills
-// follow the read-around size limit: the file must fit comfortably in the
+// been evicted since); a fill in flight makes other misses skip filling
+// rather than queue. Fills follow the read-around size limit: the file must fit comfortably in the
 // page cache, or the pages stored would be evicted before use.
 const fillWindow = 128 << 10
 

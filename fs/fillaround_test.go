@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -97,36 +96,21 @@ func TestFillAroundWriters(t *testing.T) {
 	want := randBytes(blocks * objcrypt.PlainBlockSize)
 	mustWrite(t, tf.m("vm/disk"), want)
 	dropMountCache(t, tf.m("vm/disk"))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	// Stop the readers on every way out, or they keep the mount busy.
-	defer wg.Wait()
-	defer close(stop)
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 4096)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f, err := os.Open(tf.m("vm/disk"))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
-				for range 16 {
-					f.ReadAt(buf, int64(rand.IntN(blocks))*4096)
-				}
-				f.Close()
-			}
-		}()
-	}
+	inBackground(t, 2, func() bool {
+		f, err := os.Open(tf.m("vm/disk"))
+		if err != nil {
+			t.Error(err)
+			return false
+		}
+		defer f.Close()
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
+		buf := make([]byte, 4096)
+		for range 16 {
+			f.ReadAt(buf, int64(rand.IntN(blocks))*4096)
+		}
+		return true
+	})
 	reader, err := os.Open(tf.m("vm/disk"))
 	if err != nil {
 		t.Fatal(err)
@@ -173,20 +157,7 @@ func TestFillAroundTamperedBlock(t *testing.T) {
 	data := randBytes(16 * 4096)
 	mustWrite(t, tf.m("vm/f"), data)
 	tf.waitReleased()
-	bf, err := os.OpenFile(tf.b("vm/f"), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := int64(objcrypt.CipherOffsetOfBlock(5)) + 100
-	b := make([]byte, 1)
-	if _, err := bf.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x40
-	if _, err := bf.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	bf.Close()
+	flipBackingByte(t, tf.b("vm/f"), int64(objcrypt.CipherOffsetOfBlock(5))+100)
 
 	f := openRandom(t, tf.m("vm/f"), 0)
 	buf := make([]byte, 4096)

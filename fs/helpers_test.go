@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,3 +212,53 @@ func dropMountCache(t *testing.T, path string) {
 		t.Fatalf("fadvise %s: %v", path, err)
 	}
 }
+
+// inBackground runs fn on n goroutines over and over, until fn returns
+// false or the test ends (before the mount goes away: cleanups run last
+// first).
+func inBackground(t *testing.T, n int, fn func() bool) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if !fn() {
+					return
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		close(stop)
+		wg.Wait()
+	})
+}
+
+// vmAndPlain are a file in an encrypted directory and one in a plain
+// directory of newVMAndPlainFS.
+var vmAndPlain = []string{"vm/disk", "plain/disk"}
+
+// newVMAndPlainFS mounts a test filesystem with an encrypted directory vm
+// and a plain directory plain.
+func newVMAndPlainFS(t *testing.T) *testFS {
+	t.Helper()
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	if err := os.Mkdir(tf.m("plain"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return tf
+}
+
+// handleKinds are the open flags of the two kinds of handles.
+var handleKinds = []struct {
+	name  string
+	flags int
+}{{"O_DIRECT", syscall.O_DIRECT}, {"buffered", 0}}

@@ -76,7 +76,7 @@ func stampOf(fd int) backingStamp {
 	return backingStamp{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim, ctime: st.Ctim}
 }
 
-// opened registers a new handle of n on backing descriptor fd. It drops
+// cacheOpened registers a new handle of n on backing descriptor fd. It drops
 // the cache if the backing file changed behind the mount, and a writable
 // handle keeps drops and fills out until it is released.
 func (n *node) cacheOpened(fd int, writable, direct bool) {
@@ -87,10 +87,7 @@ func (n *node) cacheOpened(fd int, writable, direct bool) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.idle.L = &g.mu // the zero gate is ready to use; Wait needs L
-	for g.busy {
-		g.idle.Wait()
-	}
+	g.waitIdleLocked()
 	clear(g.filled)
 	if g.writers == 0 {
 		st := stampOf(fd)
@@ -142,8 +139,13 @@ func (n *node) cacheReleased(fd int, writable, direct bool) {
 func (g *cacheGate) block() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.idle.L = &g.mu
 	g.writers++
+	g.waitIdleLocked()
+}
+
+// waitIdleLocked waits, g.mu held, until no fill or drop is in flight.
+func (g *cacheGate) waitIdleLocked() {
+	g.idle.L = &g.mu // the zero gate is ready to use; Wait needs L
 	for g.busy {
 		g.idle.Wait()
 	}

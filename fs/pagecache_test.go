@@ -57,12 +57,8 @@ func TestPageCacheKeptAcrossWrites(t *testing.T) {
 // older count: no reader may ever see the count go back, and at the end a
 // new handle must read the last count.
 func TestPageCacheOpensDuringWrites(t *testing.T) {
-	tf := newTestFS(t, testOpts{})
-	tf.encDir("vm")
-	if err := os.Mkdir(tf.m("plain"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"vm/disk", "plain/disk"} {
+	tf := newVMAndPlainFS(t)
+	for _, name := range vmAndPlain {
 		t.Run(filepath.Dir(name), func(t *testing.T) {
 			page := func(i uint64) []byte {
 				return bytes.Repeat(binary.LittleEndian.AppendUint64(nil, i), 4096/8)
@@ -117,12 +113,8 @@ func TestPageCacheOpensDuringWrites(t *testing.T) {
 // handle is seen by a buffered handle that had the range cached (open, or
 // closed before the write), for plain and encrypted files.
 func TestPageCacheDirectWrites(t *testing.T) {
-	tf := newTestFS(t, testOpts{})
-	tf.encDir("vm")
-	if err := os.Mkdir(tf.m("plain"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"vm/disk", "plain/disk"} {
+	tf := newVMAndPlainFS(t)
+	for _, name := range vmAndPlain {
 		for _, keep := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/buffered-open=%v", filepath.Dir(name), keep), func(t *testing.T) {
 				want := randBytes(64 << 10)
@@ -155,34 +147,17 @@ func TestPageCacheDirectWrites(t *testing.T) {
 // caches the old count after the kernel dropped the range, so after every
 // write returns, a buffered read must see its count.
 func TestPageCacheDirectWriteRacingReads(t *testing.T) {
-	tf := newTestFS(t, testOpts{})
-	tf.encDir("vm")
-	if err := os.Mkdir(tf.m("plain"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"vm/disk", "plain/disk"} {
+	tf := newVMAndPlainFS(t)
+	for _, name := range vmAndPlain {
 		t.Run(filepath.Dir(name), func(t *testing.T) {
 			mustWrite(t, tf.m(name), make([]byte, 64<<10))
 			direct := openRW(t, tf.m(name), syscall.O_DIRECT)
 			check := openRW(t, tf.m(name), 0)
 			racer := openRW(t, tf.m(name), 0)
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 4096)
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					racer.ReadAt(buf, 4*4096)
-				}
-			}()
-			defer wg.Wait()
-			defer close(stop)
+			inBackground(t, 1, func() bool {
+				racer.ReadAt(make([]byte, 4096), 4*4096)
+				return true
+			})
 			buf := make([]byte, 4096)
 			for i := uint64(1); i <= 2000; i++ {
 				page := bytes.Repeat(binary.LittleEndian.AppendUint64(nil, i), 4096/8)
