@@ -535,8 +535,7 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 	}
 	f.r.stats.encrypted(len(data))
 	written, err := pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
-	if err == unix.EINVAL && written == 0 && fd != f.fd {
-		// The backing filesystem wants a larger O_DIRECT alignment.
+	if fd != f.fd && f.directRefused(err, written) {
 		fd = f.fd
 		written, err = pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -22,8 +23,9 @@ type cryptFile struct {
 	o        *objState
 	fd       int
 	dfdOnce  sync.Once
-	dfd      int  // O_DIRECT descriptor for large reads and writes, or -1 (directread.go); use directFD
-	direct   bool // opened with O_DIRECT: FUSE direct I/O, the mount's page cache bypassed
+	dfd      int         // O_DIRECT descriptor for large reads and writes, or -1 (directread.go); use directFD
+	dfdOff   atomic.Bool // the backing filesystem refused an aligned O_DIRECT request
+	direct   bool        // opened with O_DIRECT: FUSE direct I/O, the mount's page cache bypassed
 	writable bool
 	fills    sync.WaitGroup // cache fills running on this handle's descriptor (fillaround.go)
 }

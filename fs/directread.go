@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"os"
 	"sync"
 	"unsafe"
@@ -43,10 +44,30 @@ var alignedPool = sync.Pool{New: func() any {
 
 // directFD is the handle's O_DIRECT descriptor, opened at its first large
 // request: most handles (configs, NVRAM, logs, 4 KiB VM I/O) never make
-// one, and an open is a syscall more per open.
+// one, and an open is a syscall more per open. It is -1 once the backing
+// filesystem has refused a request as misaligned (directRefused).
 func (f *cryptFile) directFD() int {
 	f.dfdOnce.Do(func() { f.dfd = openDirect(f.fd, f.writable) })
+	if f.dfdOff.Load() {
+		return -1
+	}
 	return f.dfd
+}
+
+// directRefused reports whether err is the backing filesystem refusing an
+// O_DIRECT request that moved no bytes (EINVAL: it wants a larger
+// alignment than directAlign, as some network and stacked filesystems
+// do), and if so turns the handle's direct path off, so the caller can
+// repeat the request through the buffered descriptor and later requests
+// do not try again.
+func (f *cryptFile) directRefused(err error, moved int) bool {
+	if moved != 0 || !errors.Is(err, unix.EINVAL) {
+		return false
+	}
+	if !f.dfdOff.Swap(true) {
+		f.r.log.Warn("cryptds: the backing filesystem refuses 4 KiB-aligned O_DIRECT; large requests of this handle go through the page cache", "file", f.n.relPath(), "err", err)
+	}
+	return true
 }
 
 // openDirect opens a second, O_DIRECT descriptor on the backing file of fd,
@@ -81,9 +102,12 @@ func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
 	release := func() { alignedPool.Put(pb) }
 	skip := int(-uintptr(unsafe.Pointer(&(*pb)[0])) & (directAlign - 1))
 	buf := (*pb)[skip : skip+int(stop-start)]
-	got, err := preadAligned(f.dfd, buf, int64(start), directAlign)
+	got, err := preadAligned(f.r.pread, f.dfd, buf, int64(start), directAlign)
 	if err != nil {
 		release()
+		if f.directRefused(err, got) {
+			return f.storedRangeBuffered(off, end)
+		}
 		return nil, nil, err
 	}
 	f.r.stats.directRead.Add(uint64(got))

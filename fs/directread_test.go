@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"os"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -164,4 +165,55 @@ func requireBackingDirect(t *testing.T, path string) {
 		t.Skip("the backing filesystem refuses O_DIRECT")
 	}
 	unix.Close(fd)
+}
+
+// TestDirectRefused stands in for a backing filesystem that wants a larger
+// O_DIRECT alignment than 4 KiB: every pread and pwrite on an O_DIRECT
+// descriptor fails with EINVAL. Large reads and writes must then go
+// through the page cache with the right bytes, not fail, and the handle
+// must stop trying the direct path.
+func TestDirectRefused(t *testing.T) {
+	refuseDirect := func(io ioAtFunc) ioAtFunc {
+		return func(fd int, p []byte, off int64) (int, error) {
+			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+			if err == nil && fl&unix.O_DIRECT != 0 {
+				return 0, unix.EINVAL
+			}
+			return io(fd, p, off)
+		}
+	}
+	for _, kind := range handleKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			tf := newTestFS(t, testOpts{pwrite: refuseDirect(unix.Pwrite), pread: refuseDirect(unix.Pread)})
+			tf.encDir("vm")
+			want := randBytes(4 << 20)
+			mustWrite(t, tf.m("vm/disk"), want[:1<<20])
+			requireBackingDirect(t, tf.b("vm/disk"))
+			f := openRW(t, tf.m("vm/disk"), kind.flags)
+			for off := 0; off < len(want); off += 1 << 20 {
+				if _, err := f.WriteAt(want[off:off+1<<20], int64(off)); err != nil {
+					t.Fatalf("1 MiB write at %d: %v", off, err)
+				}
+			}
+			back := mustOpenFd(t, tf.b("vm/disk"))
+			if err := unix.Fsync(back); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Fadvise(back, 0, 0, unix.FADV_DONTNEED); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(back)
+			dropMountCache(t, tf.m("vm/disk"))
+			if got := readAll(t, f, len(want)); !bytes.Equal(got, want) {
+				t.Error("large reads after refused O_DIRECT return different bytes")
+			}
+			if s := tf.root.Stats(); s.BytesReadDirect != 0 || s.BytesWrittenDirect != 0 {
+				t.Errorf("%d bytes read and %d written with O_DIRECT, want 0", s.BytesReadDirect, s.BytesWrittenDirect)
+			}
+			// One per handle: the one that wrote the first MiB, and f.
+			if n := strings.Count(tf.logs.String(), "refuses 4 KiB-aligned O_DIRECT"); n != 2 {
+				t.Errorf("%d warnings about the refused direct path, want 2 (one per handle)", n)
+			}
+		})
+	}
 }

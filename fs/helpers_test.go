@@ -89,8 +89,9 @@ type testFS struct {
 type testOpts struct {
 	back       string // backing dir; default a new temp dir
 	pool       *objcrypt.Pool
-	pwrite     pwriteFunc // replaces the whole-block path's pwrite(2)
-	allowOther bool       // let callers other than root use the mount
+	pwrite     ioAtFunc // replaces the whole-block path's pwrite(2)
+	pread      ioAtFunc // replaces the O_DIRECT backing reads' pread(2)
+	allowOther bool     // let callers other than root use the mount
 	// readAroundLimit is Config.ReadAroundLimit (0: the default).
 	readAroundLimit int64
 }
@@ -122,6 +123,9 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	}
 	if o.pwrite != nil {
 		r.pwrite = o.pwrite
+	}
+	if o.pread != nil {
+		r.pread = o.pread
 	}
 	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
 	if err != nil {

@@ -9,15 +9,17 @@ import (
 
 // preadFull reads until buf is full or the end of the file; it returns how
 // much it read. EINTR is retried.
-func preadFull(fd int, buf []byte, off int64) (int, error) { return preadAligned(fd, buf, off, 1) }
+func preadFull(fd int, buf []byte, off int64) (int, error) {
+	return preadAligned(unix.Pread, fd, buf, off, 1)
+}
 
 // preadAligned is preadFull for a descriptor whose reads must stay aligned
 // to align bytes (O_DIRECT): a read that ends off the alignment is the end
 // of the file, since another read from there would be refused.
-func preadAligned(fd int, buf []byte, off int64, align int) (int, error) {
+func preadAligned(pr ioAtFunc, fd int, buf []byte, off int64, align int) (int, error) {
 	done := 0
 	for done < len(buf) {
-		n, err := unix.Pread(fd, buf[done:], off+int64(done))
+		n, err := pr(fd, buf[done:], off+int64(done))
 		if err == unix.EINTR {
 			continue
 		}
@@ -39,13 +41,13 @@ func pwriteFull(fd int, buf []byte, off int64) error {
 	return err
 }
 
-// pwriteFunc is the pwrite(2) signature.
-type pwriteFunc func(fd int, p []byte, off int64) (int, error)
+// ioAtFunc is the pread(2) and pwrite(2) signature.
+type ioAtFunc func(fd int, p []byte, off int64) (int, error)
 
 // pwriteCounted writes all of buf at off with pw and returns how many bytes
 // reached the file: on an error, exactly the prefix buf[:n] was written
 // (a regular file's write(2) reports a short count before it fails).
-func pwriteCounted(pw pwriteFunc, fd int, buf []byte, off int64) (int, error) {
+func pwriteCounted(pw ioAtFunc, fd int, buf []byte, off int64) (int, error) {
 	done := 0
 	for done < len(buf) {
 		n, err := pw(fd, buf[done:], off+int64(done))

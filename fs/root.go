@@ -26,7 +26,8 @@ type Root struct {
 	rootDev uint64
 	stats   counters
 	bufs    bufPools
-	pwrite  pwriteFunc // unix.Pwrite; tests inject backing-store failures
+	pwrite  ioAtFunc // unix.Pwrite; tests inject backing-store failures
+	pread   ioAtFunc // unix.Pread for O_DIRECT backing reads; tests inject refusals
 
 	readAroundLimit uint64 // Config.ReadAroundLimit resolved
 
@@ -79,7 +80,7 @@ func NewRoot(cfg Config) (*Root, error) {
 	if r.rand == nil {
 		r.rand = rand.Reader
 	}
-	r.pwrite = unix.Pwrite
+	r.pwrite, r.pread = unix.Pwrite, unix.Pread
 	switch {
 	case cfg.ReadAroundLimit > 0:
 		r.readAroundLimit = uint64(cfg.ReadAroundLimit)
