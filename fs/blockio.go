@@ -491,6 +491,22 @@ func (f *cryptFile) punchLocked(off, size uint64) error {
 	return nil
 }
 
+// zeroLocked is ZERO_RANGE: the range reads as zeros afterwards and its
+// backing space is allocated, and (extend) the file grows to its end. The
+// punch turns whole blocks into holes, which read as zeros, and re-encrypts
+// the edge blocks; the reservation then allocates the holes again as
+// unwritten extents, which read as zeros too. A reservation that fails
+// (ENOSPC) leaves the range zeroed, as on a local filesystem.
+func (f *cryptFile) zeroLocked(off, size uint64, extend bool) error {
+	if size == 0 {
+		return fmt.Errorf("fallocate of 0 bytes: %w", unix.EINVAL)
+	}
+	if err := f.punchLocked(off, size); err != nil {
+		return err
+	}
+	return f.reserveLocked(off, size, extend)
+}
+
 // writeWholeBlocks serves a write of whole blocks at a block-aligned
 // offset into an object without a partial last block. Such a write touches
 // no block but its own and leaves every stored block full, so it runs with

@@ -135,10 +135,11 @@ func (f *cryptFile) truncate(size uint64) error {
 	return f.truncateLocked(size)
 }
 
-// Allocate supports what QEMU and fio use: mode 0 (reserve and extend),
-// KEEP_SIZE (reserve) and PUNCH_HOLE|KEEP_SIZE (discard). ZERO_RANGE,
-// COLLAPSE_RANGE and INSERT_RANGE are EOPNOTSUPP, like on many local
-// filesystems, so callers fall back to writing zeros.
+// Allocate supports mode 0 (reserve and extend), KEEP_SIZE (reserve),
+// PUNCH_HOLE|KEEP_SIZE (QEMU discard) and ZERO_RANGE with or without
+// KEEP_SIZE (QEMU write-zeroes, fallocate -z). The kernel refuses
+// COLLAPSE_RANGE and INSERT_RANGE on FUSE before they reach a daemon;
+// UNSHARE_RANGE has no meaning here and is EOPNOTSUPP.
 func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
@@ -148,6 +149,8 @@ func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 		err = f.reserveLocked(off, size, mode == 0)
 	case unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE:
 		err = f.punchLocked(off, size)
+	case unix.FALLOC_FL_ZERO_RANGE, unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE:
+		err = f.zeroLocked(off, size, mode&unix.FALLOC_FL_KEEP_SIZE == 0)
 	default:
 		err = fmt.Errorf("fallocate mode %#x on an encrypted file: %w", mode, syscall.EOPNOTSUPP)
 	}

@@ -56,7 +56,7 @@ func TestRandomOpsModel(t *testing.T) {
 				off := rng.IntN(maxSize)
 				n := rng.IntN(3*4096) + 1
 				if rng.IntN(8) == 0 {
-					n = rng.IntN(64 * 1024)
+					n = rng.IntN(64*1024) + 1
 				}
 				var op string
 				switch k := rng.IntN(10); {
@@ -85,10 +85,21 @@ func TestRandomOpsModel(t *testing.T) {
 						grow(sz)
 					}
 				case k < 8:
+					mode, keep := uint32(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE), true
 					op = fmt.Sprintf("punch %d+%d", off, n)
-					if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(n)); err != nil {
+					if rng.IntN(2) == 0 {
+						mode, keep = unix.FALLOC_FL_ZERO_RANGE, rng.IntN(2) == 0
+						if keep {
+							mode |= unix.FALLOC_FL_KEEP_SIZE
+						}
+						op = fmt.Sprintf("zero range %d+%d keep size %v", off, n, keep)
+					}
+					if err := unix.Fallocate(int(f.Fd()), mode, int64(off), int64(n)); err != nil {
 						t.Errorf("worker %d step %d %s: %v", w, step, op, err)
 						return
+					}
+					if !keep {
+						grow(off + n)
 					}
 					if off < len(model) {
 						clear(model[off:min(off+n, len(model))])

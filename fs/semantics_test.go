@@ -163,8 +163,60 @@ func TestFallocateAndSeek(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkContent(t, path, want)
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE, 0, 4096); !errors.Is(err, unix.EOPNOTSUPP) {
-		t.Fatalf("ZERO_RANGE: %v", err)
+	for _, mode := range []uint32{unix.FALLOC_FL_COLLAPSE_RANGE, unix.FALLOC_FL_INSERT_RANGE, unix.FALLOC_FL_UNSHARE_RANGE} {
+		if err := unix.Fallocate(int(f.Fd()), mode, 0, 4096); !errors.Is(err, unix.EOPNOTSUPP) {
+			t.Errorf("fallocate mode %#x: %v, want EOPNOTSUPP", mode, err)
+		}
+	}
+}
+
+// TestFallocateZeroRange runs each ZERO_RANGE call on an encrypted file
+// through the mount and on a file of the backing filesystem with the same
+// content, and compares the sizes and every byte.
+func TestFallocateZeroRange(t *testing.T) {
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	const size = 10*4096 + 300
+	cases := []struct {
+		name     string
+		off, len int64
+		keepSize bool
+	}{
+		{"inside one block", 100, 200, false},
+		{"whole blocks", 4096, 3 * 4096, false},
+		{"unaligned across blocks", 2*4096 - 7, 4*4096 + 11, false},
+		{"over the partial last block", 9*4096 + 10, 100, false},
+		{"across the end, extending", 9 * 4096, 4 * 4096, false},
+		{"across the end, keep size", 9 * 4096, 4 * 4096, true},
+		{"past the end, extending", 20*4096 + 5, 1000, false},
+		{"past the end, keep size", 20*4096 + 5, 1000, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			data := randBytes(size)
+			mustWrite(t, tf.m("vm/z"), data)
+			ref := filepath.Join(t.TempDir(), "ref")
+			mustWrite(t, ref, data)
+			mode := uint32(unix.FALLOC_FL_ZERO_RANGE)
+			if c.keepSize {
+				mode |= unix.FALLOC_FL_KEEP_SIZE
+			}
+			for _, p := range []string{tf.m("vm/z"), ref} {
+				f := openRW(t, p, 0)
+				if err := unix.Fallocate(int(f.Fd()), mode, c.off, c.len); err != nil {
+					t.Fatalf("%s: %v", p, err)
+				}
+				f.Close()
+			}
+			want, err := os.ReadFile(ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkContent(t, tf.m("vm/z"), want)
+			tf.waitReleased()
+			dropMountCache(t, tf.m("vm/z"))
+			checkContent(t, tf.m("vm/z"), want)
+		})
 	}
 }
 
