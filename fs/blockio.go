@@ -376,11 +376,7 @@ func (f *cryptFile) truncateLocked(size uint64) error {
 				return err
 			}
 			u.save(objcrypt.CipherOffsetOfBlock(blk), old)
-			if err := f.shrinkBlock(blk, *old, r, newCsize); err != nil {
-				u.restore(err)
-				return err
-			}
-			return nil
+			return f.shrinkBlock(u, blk, *old, size)
 		}
 		if err := unix.Ftruncate(f.fd, int64(newCsize)); err != nil {
 			return fmt.Errorf("ftruncate: %w", err)
@@ -402,9 +398,11 @@ func (f *cryptFile) truncateLocked(size uint64) error {
 	return nil
 }
 
-// shrinkBlock re-encrypts the first r bytes of stored block old as the new
-// last block and cuts the backing file to newCsize.
-func (f *cryptFile) shrinkBlock(blk uint64, old []byte, r, newCsize uint64) error {
+// shrinkBlock re-encrypts the start of stored block old as the new last
+// block of a file of plaintext size, and cuts the backing file after it,
+// recorded so that a crash in between leaves no unreadable block (shrink.go).
+// On failure it puts the old block back (u).
+func (f *cryptFile) shrinkBlock(u *undo, blk uint64, old []byte, size uint64) error {
 	pb := f.r.bufs.get(bs)
 	defer f.r.bufs.put(pb)
 	plain, err := f.o.obj.DecryptBlock((*pb)[:0], old, blk)
@@ -413,15 +411,28 @@ func (f *cryptFile) shrinkBlock(blk uint64, old []byte, r, newCsize uint64) erro
 	}
 	cb := f.r.bufs.getCipher(cbs)
 	defer f.r.bufs.putCipher(cb)
-	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain[:r], blk)
+	enc, err := f.o.obj.EncryptBlock((*cb)[:0], plain[:size%bs], blk)
 	if err != nil {
 		return err
 	}
-	f.r.stats.encrypted(int(r))
-	if err := unix.Ftruncate(f.fd, int64(newCsize)); err != nil {
-		return fmt.Errorf("ftruncate: %w", err)
+	f.r.stats.encrypted(int(size % bs))
+	marked, err := f.markShrink(size)
+	if err != nil {
+		return err
 	}
-	return pwriteFull(f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk)))
+	if marked {
+		defer f.unmarkShrink()
+	}
+	if _, err := pwriteCounted(f.r.pwrite, f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk))); err != nil {
+		u.restore(err)
+		return err
+	}
+	if err := unix.Ftruncate(f.fd, int64(objcrypt.CipherSizeFromPlain(size))); err != nil {
+		err = fmt.Errorf("ftruncate: %w", err)
+		u.restore(err)
+		return err
+	}
+	return nil
 }
 
 // reserveLocked is fallocate mode 0 / KEEP_SIZE: reserve backing space for

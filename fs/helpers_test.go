@@ -89,9 +89,10 @@ type testFS struct {
 type testOpts struct {
 	back       string // backing dir; default a new temp dir
 	pool       *objcrypt.Pool
-	pwrite     ioAtFunc // replaces the whole-block path's pwrite(2)
-	pread      ioAtFunc // replaces the O_DIRECT backing reads' pread(2)
-	allowOther bool     // let callers other than root use the mount
+	pwrite     ioAtFunc  // replaces the pwrite(2) of whole-block writes and truncates into a block
+	keys       *fakeKeys // the key server, to remount a backing dir; default a new one
+	pread      ioAtFunc  // replaces the O_DIRECT backing reads' pread(2)
+	allowOther bool      // let callers other than root use the mount
 	// readAroundLimit is Config.ReadAroundLimit (0: the default).
 	readAroundLimit int64
 }
@@ -103,7 +104,10 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	if os.Geteuid() != 0 {
 		t.Skip("mount tests need root (/dev/fuse, chown, O_TMPFILE linking)")
 	}
-	tf := &testFS{t: t, back: o.back, mnt: t.TempDir(), keys: newFakeKeys(), logs: &syncBuffer{}}
+	tf := &testFS{t: t, back: o.back, mnt: t.TempDir(), keys: o.keys, logs: &syncBuffer{}}
+	if tf.keys == nil {
+		tf.keys = newFakeKeys()
+	}
 	if tf.back == "" {
 		tf.back = t.TempDir()
 	}

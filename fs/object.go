@@ -31,8 +31,9 @@ type objState struct {
 }
 
 // acquireObject returns the node's open object for hdr, unwrapping the DEK
-// on first use.
-func (n *node) acquireObject(ctx context.Context, hdr *objcrypt.Header) (*objState, error) {
+// on first use. The first use also finishes a truncate a crash interrupted
+// (shrink.go) through fd, the opening handle's backing descriptor.
+func (n *node) acquireObject(ctx context.Context, fd int, hdr *objcrypt.Header) (*objState, error) {
 	n.mu.Lock()
 	if o := n.obj; o != nil && o.id == hdr.ObjectID {
 		o.refs++
@@ -49,6 +50,10 @@ func (n *node) acquireObject(ctx context.Context, hdr *objcrypt.Header) (*objSta
 	if o := n.obj; o != nil && o.id == hdr.ObjectID {
 		o.refs++
 		return o, nil
+	}
+	if err := n.r.finishShrink(fd, obj, n.relPath()); err != nil {
+		n.r.log.Error("cryptds: cannot finish an interrupted truncate", "file", n.relPath(), "err", err)
+		return nil, err
 	}
 	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1, kek: hdr.KEKID, vm: hdr.VMID}
 	n.obj = o

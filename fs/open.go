@@ -108,7 +108,7 @@ func (n *node) openCrypt(ctx context.Context, flags uint32) (*cryptFile, error) 
 
 // newCryptFile wraps an open backing descriptor whose header was checked.
 func (n *node) newCryptFile(ctx context.Context, fd int, hdr *objcrypt.Header, flags uint32) (*cryptFile, error) {
-	o, err := n.acquireObject(ctx, hdr)
+	o, err := n.acquireObject(ctx, fd, hdr)
 	if err != nil {
 		return nil, err
 	}

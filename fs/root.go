@@ -26,7 +26,7 @@ type Root struct {
 	rootDev uint64
 	stats   counters
 	bufs    bufPools
-	pwrite  ioAtFunc // unix.Pwrite; tests inject backing-store failures
+	pwrite  ioAtFunc // unix.Pwrite for whole-block writes and truncates into a block; tests inject failures
 	pread   ioAtFunc // unix.Pread for O_DIRECT backing reads; tests inject refusals
 
 	readAroundLimit uint64 // Config.ReadAroundLimit resolved

@@ -32,6 +32,7 @@ import (
 const (
 	HeaderAttr = "user.cryptds.hdr"
 	PolicyAttr = "user.cryptds.policy"
+	ShrinkAttr = "user.cryptds.shrink" // §7.1: a truncate into a block in progress
 )
 
 // Sentinel errors a Keys implementation wraps so fsck can tell a key the
@@ -59,24 +60,25 @@ const (
 
 // Kinds of Finding; stable strings, part of the --json report.
 const (
-	KindHeaderCorrupt  = "header-corrupt"  // a header copy does not parse
-	KindHeaderMismatch = "header-mismatch" // xattr and in-file copy differ
-	KindXattrMissing   = "xattr-missing"   // in-file header but no xattr (restorable)
-	KindXattrRestored  = "xattr-restored"  // --restore-xattrs put it back
-	KindPolicyRestored = "policy-restored" // --restore-xattrs re-created a directory policy lost with the header xattrs
-	KindSize           = "size"            // backing size not a valid ciphertext size
-	KindBlockAuth      = "block-auth"      // a stored block fails authentication
-	KindDEKUnwrap      = "dek-unwrap"      // the wrapped DEK does not open under its KEK
-	KindKeyGone        = "key-gone"        // KEK destroyed or revoked: not verifiable
-	KindKeyUnavailable = "key-unavailable" // KMS did not answer: not verified
-	KindPolicyCorrupt  = "policy-corrupt"  // a directory policy does not parse
-	KindPolicyMissing  = "policy-missing"  // a VM directory holds encrypted objects but has no policy
-	KindLeftover       = "leftover"        // temp file of an interrupted conversion
-	KindOrphanLeftover = "orphan-leftover" // temp file whose original is gone
-	KindUnreadable     = "unreadable"      // an I/O error reading the backing store
-	KindVersionTooNew  = "version-too-new" // a header or policy of a newer format
-	KindRestoreRefused = "restore-refused" // --restore-xattrs would overwrite a disagreeing xattr
-	KindRegionMissing  = "region-missing"  // xattr present, backing file non-empty but shorter than the region
+	KindHeaderCorrupt   = "header-corrupt"   // a header copy does not parse
+	KindHeaderMismatch  = "header-mismatch"  // xattr and in-file copy differ
+	KindXattrMissing    = "xattr-missing"    // in-file header but no xattr (restorable)
+	KindXattrRestored   = "xattr-restored"   // --restore-xattrs put it back
+	KindPolicyRestored  = "policy-restored"  // --restore-xattrs re-created a directory policy lost with the header xattrs
+	KindSize            = "size"             // backing size not a valid ciphertext size
+	KindBlockAuth       = "block-auth"       // a stored block fails authentication
+	KindDEKUnwrap       = "dek-unwrap"       // the wrapped DEK does not open under its KEK
+	KindKeyGone         = "key-gone"         // KEK destroyed or revoked: not verifiable
+	KindKeyUnavailable  = "key-unavailable"  // KMS did not answer: not verified
+	KindPolicyCorrupt   = "policy-corrupt"   // a directory policy does not parse
+	KindPolicyMissing   = "policy-missing"   // a VM directory holds encrypted objects but has no policy
+	KindLeftover        = "leftover"         // temp file of an interrupted conversion
+	KindOrphanLeftover  = "orphan-leftover"  // temp file whose original is gone
+	KindUnreadable      = "unreadable"       // an I/O error reading the backing store
+	KindVersionTooNew   = "version-too-new"  // a header or policy of a newer format
+	KindRestoreRefused  = "restore-refused"  // --restore-xattrs would overwrite a disagreeing xattr
+	KindRegionMissing   = "region-missing"   // xattr present, backing file non-empty but shorter than the region
+	KindTruncatePending = "truncate-pending" // a truncate the daemon died in; the mount finishes it at the next open
 )
 
 // Finding is one problem found, relative to the datastore root.
@@ -357,6 +359,13 @@ func (c *checker) checkFile(p, rel, name string) {
 			detail += fmt.Sprintf(" (KEK %s vs %s: an interrupted shallow rekey? opening the file through the mount repairs it while both KEKs exist)", xh.KEKID, rh.KEKID)
 		}
 		c.add(rel, KindHeaderMismatch, SeverityError, detail)
+		return
+	}
+	if _, err := xattr.FGet(f, ShrinkAttr); err == nil {
+		// Until the mount finishes or forgets the truncate, the last
+		// stored block may be the new one followed by the old one's tail.
+		c.add(rel, KindTruncatePending, SeverityWarning,
+			"a truncate was interrupted (the daemon died in it): the first open through the mount finishes or forgets it; blocks not verified")
 		return
 	}
 	if !c.sizeOK(rel, size) {

@@ -124,6 +124,9 @@ func TestCheck(t *testing.T) {
 		{"bad size", func(t *testing.T, p string, _ *vmFixture) {
 			os.Truncate(p, objcrypt.HeaderRegionSize+3*objcrypt.CipherBlockSize+20)
 		}, Options{}, []string{KindSize}, true},
+		{"interrupted truncate", func(t *testing.T, p string, _ *vmFixture) {
+			xattr.Set(p, ShrinkAttr, []byte("8292"))
+		}, Options{}, []string{KindTruncatePending}, false},
 		{"leftover", func(t *testing.T, p string, _ *vmFixture) {
 			os.WriteFile(filepath.Join(filepath.Dir(p), ".cryptds-convert-disk"), []byte("x"), 0o600)
 		}, Options{TempPrefix: ".cryptds-convert-"}, []string{KindLeftover}, false},
