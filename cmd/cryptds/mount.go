@@ -243,7 +243,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	defer pool.Close()
 	fcfg := cfs.Config{
 		Backing:     datastore,
-		Keys:        ring,
+		Keys:        mountKeys{ring},
 		Pool:        pool,
 		Logger:      log,
 		DatastoreID: dsID,
