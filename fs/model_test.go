@@ -14,8 +14,9 @@ import (
 )
 
 // TestRandomOpsModel runs goroutines doing random writes, truncates,
-// punches and reads through the mount (buffered and O_DIRECT handles) on
-// their own file, and compares with an in-memory model after every step.
+// punches, zeroed ranges, stores through shared mappings, copy_file_range
+// and reads through the mount (buffered and O_DIRECT handles) on their own
+// file, and compares with an in-memory model after every step.
 func TestRandomOpsModel(t *testing.T) {
 	tf := newTestFS(t, testOpts{pool: objcrypt.NewPool(2, 8*4096)})
 	tf.encDir("vm")
@@ -59,7 +60,7 @@ func TestRandomOpsModel(t *testing.T) {
 					n = rng.IntN(64*1024) + 1
 				}
 				var op string
-				switch k := rng.IntN(10); {
+				switch k := rng.IntN(12); {
 				case k < 5:
 					op = fmt.Sprintf("write %d+%d", off, n)
 					data := make([]byte, n)
@@ -104,6 +105,32 @@ func TestRandomOpsModel(t *testing.T) {
 					if off < len(model) {
 						clear(model[off:min(off+n, len(model))])
 					}
+				case k < 9 && off+n <= len(model):
+					// A store through a shared mapping, written back by msync.
+					op = fmt.Sprintf("mmap write %d+%d", off, n)
+					data := randBytes(n)
+					if err := mmapWrite(bf, off, data); err != nil {
+						t.Errorf("worker %d step %d %s: %v", w, step, op, err)
+						return
+					}
+					copy(model[off:], data)
+				case k < 10 && len(model) > 0:
+					// copy_file_range from another part of the same file
+					// (ranges may not overlap) or, when they would, from
+					// the start of the file to past its end.
+					src := rng.IntN(len(model))
+					n = min(n, len(model)-src)
+					if src < off+n && off < src+n {
+						off = len(model) + rng.IntN(4096)
+					}
+					op = fmt.Sprintf("copy_file_range %d+%d to %d", src, n, off)
+					if err := copyRange(f, src, off, n); err != nil {
+						t.Errorf("worker %d step %d %s: %v", w, step, op, err)
+						return
+					}
+					chunk := append([]byte(nil), model[src:src+n]...)
+					grow(off + n)
+					copy(model[off:], chunk)
 				default:
 					op = fmt.Sprintf("read %d+%d", off, n)
 					buf := make([]byte, n)
@@ -127,6 +154,39 @@ func TestRandomOpsModel(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// mmapWrite stores data at off through a shared writable mapping of f
+// and writes it back with msync.
+func mmapWrite(f *os.File, off int, data []byte) error {
+	start := off &^ (os.Getpagesize() - 1)
+	m, err := unix.Mmap(int(f.Fd()), int64(start), off-start+len(data), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("mmap: %w", err)
+	}
+	copy(m[off-start:], data)
+	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+		unix.Munmap(m)
+		return fmt.Errorf("msync: %w", err)
+	}
+	return unix.Munmap(m)
+}
+
+// copyRange copies n bytes of f from src to dst with copy_file_range,
+// looping over short copies.
+func copyRange(f *os.File, src, dst, n int) error {
+	so, do := int64(src), int64(dst)
+	for n > 0 {
+		c, err := unix.CopyFileRange(int(f.Fd()), &so, int(f.Fd()), &do, n, 0)
+		if err != nil {
+			return fmt.Errorf("copy_file_range: %w", err)
+		}
+		if c == 0 {
+			return fmt.Errorf("copy_file_range: no progress with %d bytes left", n)
+		}
+		n -= c
+	}
+	return nil
 }
 
 // TestConcurrentNoTornBlocks has writers storing whole blocks of one byte
