@@ -99,36 +99,17 @@ func (n *node) createPlain(ctx context.Context, dfd int, name string, flags, mod
 // region yet, e.g. from other tools) is still accepted as an empty object:
 // its region is written on the first write or truncate.
 func (r *Root) createEncrypted(ctx context.Context, dfd int, name string, mode uint32, pol *objcrypt.Policy) (int, *objcrypt.Header, error) {
-	id, err := objcrypt.NewObjectID(r.rand)
+	nh, err := r.newHeader(pol, name)
 	if err != nil {
 		return -1, nil, err
 	}
-	hdr := pol.NewHeader(id)
-	xb, err := hdr.MarshalBinary()
-	if err != nil {
-		return -1, nil, fmt.Errorf("new header for %q: %w", name, err)
-	}
-	region, err := hdr.MarshalRegion()
-	if err != nil {
-		return -1, nil, fmt.Errorf("new header region for %q: %w", name, err)
-	}
-	writeHeader := func(fd int) error {
-		if err := unix.Fsetxattr(fd, xattrHeader, xb, 0); err != nil {
-			return fmt.Errorf("set header xattr on %q: %w", name, err)
-		}
-		if err := pwriteFull(fd, region, 0); err != nil {
-			return fmt.Errorf("write header region of %q: %w", name, err)
-		}
-		return nil
-	}
-
 	fd, err := unix.Openat(dfd, ".", unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, mode&07777)
 	if err == nil {
 		if err := r.fixTmpfile(ctx, dfd, fd, mode); err != nil {
 			unix.Close(fd)
 			return -1, nil, err
 		}
-		if err := writeHeader(fd); err != nil {
+		if err := nh.write(fd); err != nil {
 			unix.Close(fd)
 			return -1, nil, err
 		}
@@ -136,7 +117,7 @@ func (r *Root) createEncrypted(ctx context.Context, dfd int, name string, mode u
 			unix.Close(fd)
 			return -1, nil, fmt.Errorf("link new object %q: %w", name, err)
 		}
-		return fd, hdr, nil
+		return fd, nh.hdr, nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
 		return -1, nil, fmt.Errorf("create %q: %w", name, err)
@@ -147,14 +128,123 @@ func (r *Root) createEncrypted(ctx context.Context, dfd int, name string, mode u
 	}
 	err = fixNew(ctx, dfd, name, mode|syscall.S_IFREG)
 	if err == nil {
-		err = writeHeader(fd)
+		err = nh.write(fd)
 	}
 	if err != nil {
 		unix.Close(fd)
 		unix.Unlinkat(dfd, name, 0)
 		return -1, nil, err
 	}
-	return fd, hdr, nil
+	return fd, nh.hdr, nil
+}
+
+// newObject is the header of an object about to be created, encoded for
+// both copies.
+type newObject struct {
+	hdr        *objcrypt.Header
+	name       string // for messages
+	xb, region []byte
+}
+
+// newHeader makes the header of a new object of the VM of pol.
+func (r *Root) newHeader(pol *objcrypt.Policy, name string) (*newObject, error) {
+	id, err := objcrypt.NewObjectID(r.rand)
+	if err != nil {
+		return nil, err
+	}
+	nh := &newObject{hdr: pol.NewHeader(id), name: name}
+	if nh.xb, err = nh.hdr.MarshalBinary(); err != nil {
+		return nil, fmt.Errorf("new header for %q: %w", name, err)
+	}
+	if nh.region, err = nh.hdr.MarshalRegion(); err != nil {
+		return nil, fmt.Errorf("new header region for %q: %w", name, err)
+	}
+	return nh, nil
+}
+
+// write stores both header copies in the new backing file fd.
+func (nh *newObject) write(fd int) error {
+	if err := unix.Fsetxattr(fd, xattrHeader, nh.xb, 0); err != nil {
+		return fmt.Errorf("set header xattr on %q: %w", nh.name, err)
+	}
+	if err := pwriteFull(fd, nh.region, 0); err != nil {
+		return fmt.Errorf("write header region of %q: %w", nh.name, err)
+	}
+	return nil
+}
+
+var _ gofs.NodeTmpfiler = (*node)(nil)
+
+// Tmpfile is open(2) with O_TMPFILE: an unnamed file in this directory,
+// encrypted (header written) when the directory has a policy, as Create
+// would make it. It gets a name only if the caller links it (linkat with
+// AT_EMPTY_PATH or through /proc/self/fd: Link), which O_EXCL forbids, as
+// on the backing filesystem. The node keeps an O_PATH descriptor of the
+// backing file from the start: it has no name to reopen it by.
+func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	defer n.r.opDone(OpCreate, n.r.opStart())
+	dfd, err := n.pathFd()
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	pol, err := n.r.dirPolicy(n, dfd)
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	acc := backingFlags(flags) &^ unix.O_TMPFILE
+	if pol != nil {
+		acc = unix.O_RDWR // partial-block writes read back what they change
+	}
+	fd, err := unix.Openat(dfd, ".", unix.O_TMPFILE|acc|int(flags&syscall.O_EXCL)|unix.O_CLOEXEC, mode&07777)
+	if err != nil {
+		return nil, nil, 0, toErrno(fmt.Errorf("create unnamed file in %s: %w", n.relPath(), err))
+	}
+	ch, fh, err := n.adoptTmpfile(ctx, dfd, fd, flags, mode, pol, out)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, toErrno(err)
+	}
+	return ch, fh, openFlags(flags, pol != nil), 0
+}
+
+// adoptTmpfile gives the new unnamed backing file fd its owner, mode and
+// (pol set) header, and wraps it in an inode and a handle.
+func (n *node) adoptTmpfile(ctx context.Context, dfd, fd int, flags, mode uint32, pol *objcrypt.Policy, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, error) {
+	if err := n.r.fixTmpfile(ctx, dfd, fd, mode); err != nil {
+		return nil, nil, err
+	}
+	kind := kindPlain
+	var nh *newObject
+	if pol != nil {
+		var err error
+		if nh, err = n.r.newHeader(pol, n.relPath()+"/(unnamed)"); err != nil {
+			return nil, nil, err
+		}
+		if err := nh.write(fd); err != nil {
+			return nil, nil, err
+		}
+		kind = kindEncrypted
+	}
+	var st unix.Statx_t
+	if err := statx(fd, "", &st); err != nil {
+		return nil, nil, fmt.Errorf("stat unnamed file: %w", err)
+	}
+	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reopen unnamed file: %w", err)
+	}
+	child := n.r.newNode(kind)
+	child.pfd.fd = pfd
+	n.r.fillAttr(&out.Attr, &st, kind)
+	ch := n.NewInode(ctx, child, n.r.stableAttr(&st))
+	if nh == nil {
+		return ch, n.r.newPlainFile(child, fd, flags), nil
+	}
+	cf, err := child.newCryptFile(ctx, fd, nh.hdr, flags)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ch, cf, nil
 }
 
 // fixTmpfile is fixNew for an unnamed O_TMPFILE.

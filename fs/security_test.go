@@ -44,6 +44,15 @@ func TestPlaintextNeverStored(t *testing.T) {
 	}
 	d.WriteAt(big[:1<<20], 0)
 	d.Close()
+	tfd, err := unix.Open(tf.m("vm"), unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Pwrite(tfd, pattern, 0)
+	if err := linkEmptyPath(tfd, tf.m("vm/tmpfile")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(tfd)
 	os.Link(tf.m("vm/whole"), tf.m("vm/link"))
 	os.Rename(tf.m("vm/edits"), tf.m("vm/renamed"))
 
