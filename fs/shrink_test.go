@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cryptds/cryptds/objcrypt"
@@ -15,21 +16,28 @@ import (
 // in place while the file still has its old size, then the cut, then the
 // record removed (shrink.go explains why each crash point is safe).
 func TestTruncateIntoBlockOrder(t *testing.T) {
+	var mu sync.Mutex // the daemon's goroutines write seen, the test reads it
 	var seen []string
 	tf := newTestFS(t, testOpts{pwrite: func(fd int, p []byte, off int64) (int, error) {
 		var st unix.Stat_t
 		unix.Fstat(fd, &st)
 		rec, err := unix.Fgetxattr(fd, xattrShrink, make([]byte, 32))
+		mu.Lock()
 		seen = append(seen, "write "+strconv.Itoa(len(p))+" size "+strconv.FormatInt(st.Size, 10)+" recorded "+strconv.FormatBool(err == nil && rec > 0))
+		mu.Unlock()
 		return unix.Pwrite(fd, p, off)
 	}})
 	tf.encDir("vm")
 	data := randBytes(3*4096 + 500)
 	mustWrite(t, tf.m("vm/f"), data)
+	mu.Lock()
 	seen = nil
+	mu.Unlock()
 	if err := os.Truncate(tf.m("vm/f"), 2*4096+100); err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	oldCsize := objcrypt.CipherSizeFromPlain(uint64(len(data)))
 	want := "write " + strconv.Itoa(100+objcrypt.BlockOverhead) + " size " + strconv.FormatUint(oldCsize, 10) + " recorded true"
 	if len(seen) != 1 || seen[0] != want {
@@ -69,7 +77,11 @@ func TestTruncateIntoBlockCrash(t *testing.T) {
 			data := randBytes(3*4096 + 500)
 			mustWrite(t, tf.m("vm/f"), data)
 			f := openRW(t, tf.m("vm/f"), 0)
-			enc, err := nodeOf(t, tf, "vm/f").obj.obj.EncryptBlock(nil, data[2*4096:newSize], 2)
+			n := nodeOf(t, tf, "vm/f")
+			n.mu.Lock()
+			o := n.obj
+			n.mu.Unlock()
+			enc, err := o.obj.EncryptBlock(nil, data[2*4096:newSize], 2)
 			if err != nil {
 				t.Fatal(err)
 			}
