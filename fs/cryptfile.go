@@ -135,11 +135,11 @@ func (f *cryptFile) truncate(size uint64) error {
 	return f.truncateLocked(size)
 }
 
-// Allocate supports mode 0 (reserve and extend), KEEP_SIZE (reserve),
-// PUNCH_HOLE|KEEP_SIZE (QEMU discard) and ZERO_RANGE with or without
-// KEEP_SIZE (QEMU write-zeroes, fallocate -z). The kernel refuses
-// COLLAPSE_RANGE and INSERT_RANGE on FUSE before they reach a daemon;
-// UNSHARE_RANGE has no meaning here and is EOPNOTSUPP.
+// Allocate supports every mode the kernel passes to a FUSE daemon: mode 0
+// (reserve and extend), KEEP_SIZE (reserve), PUNCH_HOLE|KEEP_SIZE (QEMU
+// discard) and ZERO_RANGE with or without KEEP_SIZE (QEMU write-zeroes,
+// fallocate -z). COLLAPSE_RANGE, INSERT_RANGE and UNSHARE_RANGE never get
+// here: the kernel refuses them on every FUSE mount.
 func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()

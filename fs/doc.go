@@ -69,9 +69,9 @@
 //
 // # Not supported
 //
-// Fallocate COLLAPSE_RANGE and INSERT_RANGE (the kernel's FUSE refuses
-// them before any daemon sees them) and UNSHARE_RANGE on encrypted files
-// (EOPNOTSUPP), lock forwarding to the backing store, ioctls (FICLONE and
+// Fallocate COLLAPSE_RANGE, INSERT_RANGE and UNSHARE_RANGE (the kernel's
+// FUSE refuses them, EOPNOTSUPP, before any daemon sees them), lock
+// forwarding to the backing store, ioctls (FICLONE and
 // friends), and atime updates from reads of encrypted files (backing files
 // are opened O_NOATIME so the daemon's own header and edge-block reads do
 // not count as accesses).

@@ -51,10 +51,7 @@ func (n *node) acquireObject(ctx context.Context, fd int, hdr *objcrypt.Header) 
 		o.refs++
 		return o, nil
 	}
-	if err := n.r.finishShrink(fd, obj, n.relPath()); err != nil {
-		n.r.log.Error("cryptds: cannot finish an interrupted truncate", "file", n.relPath(), "err", err)
-		return nil, err
-	}
+	n.r.finishShrink(fd, obj, n.relPath())
 	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1, kek: hdr.KEKID, vm: hdr.VMID}
 	n.obj = o
 	n.r.objMu.Lock()

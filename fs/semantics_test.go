@@ -163,6 +163,7 @@ func TestFallocateAndSeek(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkContent(t, path, want)
+	// The kernel refuses these on FUSE; the doc comments say so.
 	for _, mode := range []uint32{unix.FALLOC_FL_COLLAPSE_RANGE, unix.FALLOC_FL_INSERT_RANGE, unix.FALLOC_FL_UNSHARE_RANGE} {
 		if err := unix.Fallocate(int(f.Fd()), mode, 0, 4096); !errors.Is(err, unix.EOPNOTSUPP) {
 			t.Errorf("fallocate mode %#x: %v, want EOPNOTSUPP", mode, err)

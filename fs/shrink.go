@@ -41,57 +41,68 @@ func (f *cryptFile) markShrink(size uint64) (bool, error) {
 
 // unmarkShrink removes the record once the truncate finished or was undone.
 func (f *cryptFile) unmarkShrink() {
-	if err := unix.Fremovexattr(f.fd, xattrShrink); err != nil && !errors.Is(err, unix.ENODATA) {
+	if err := removeShrinkRecord(f.fd); err != nil {
 		f.r.log.Error("cryptds: cannot remove the record of a finished truncate", "file", f.n.relPath(), "err", err)
 	}
 }
 
 // finishShrink completes or forgets a truncate the daemon died in (see
 // xattrShrink). It runs at the first open of an object, before any read
-// or write can see the file.
-func (r *Root) finishShrink(fd int, obj *objcrypt.Object, path string) error {
+// or write can see the file. It never fails the open: if the record
+// cannot be settled (a read-only backing store), it stays for a later
+// open, and at worst the last block reads as EIO.
+func (r *Root) finishShrink(fd int, obj *objcrypt.Object, path string) {
 	val := make([]byte, 24)
 	n, err := unix.Fgetxattr(fd, xattrShrink, val)
 	if errors.Is(err, unix.ENODATA) {
-		return nil
+		return
 	}
-	wfd, oerr := openNoAtime(fd, unix.O_RDWR)
-	if oerr != nil {
-		return fmt.Errorf("%s: finish an interrupted truncate: %w", path, oerr)
+	if err := r.settleShrink(fd, obj, path, val[:max(n, 0)], err); err != nil {
+		r.log.Error("cryptds: cannot settle an interrupted truncate; its last block may read as EIO until a later open settles it", "file", path, "err", err)
 	}
-	defer unix.Close(wfd)
-	size, perr := strconv.ParseUint(string(val[:max(n, 0)]), 10, 64)
-	if err != nil || perr != nil || size%bs == 0 || size > objcrypt.MaxPlainSize {
-		r.log.Error("cryptds: dropping an unreadable truncate record", "file", path, "err", errors.Join(err, perr))
-		return removeShrinkRecord(wfd, path)
+}
+
+func (r *Root) settleShrink(fd int, obj *objcrypt.Object, path string, val []byte, readErr error) error {
+	size, perr := strconv.ParseUint(string(val), 10, 64)
+	if readErr != nil || perr != nil || size%bs == 0 || size > objcrypt.MaxPlainSize {
+		r.log.Error("cryptds: dropping an unreadable truncate record", "file", path, "err", errors.Join(readErr, perr))
+		return removeShrinkRecord(fd)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(wfd, &st); err != nil {
-		return fmt.Errorf("%s: fstat: %w", path, err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat: %w", err)
 	}
 	newCsize := objcrypt.CipherSizeFromPlain(size)
 	if uint64(st.Size) > newCsize {
 		blk := size / bs
 		off := objcrypt.CipherOffsetOfBlock(blk)
 		stored := make([]byte, newCsize-off)
-		if _, err := preadFull(wfd, stored, int64(off)); err != nil {
-			return fmt.Errorf("%s: finish an interrupted truncate: %w", path, err)
+		if _, err := preadFull(fd, stored, int64(off)); err != nil {
+			return err
 		}
 		if _, err := obj.DecryptBlock(nil, stored, blk); err == nil {
-			if err := unix.Ftruncate(wfd, int64(newCsize)); err != nil {
-				return fmt.Errorf("%s: finish an interrupted truncate: ftruncate: %w", path, err)
+			wfd, err := openNoAtime(fd, unix.O_WRONLY)
+			if err != nil {
+				return fmt.Errorf("reopen to finish the cut: %w", err)
+			}
+			err = unix.Ftruncate(wfd, int64(newCsize))
+			unix.Close(wfd)
+			if err != nil {
+				return fmt.Errorf("ftruncate: %w", err)
 			}
 			r.log.Warn("cryptds: finished a truncate the daemon was stopped in", "file", path, "size", size)
 		} else {
 			r.log.Warn("cryptds: forgot a truncate the daemon was stopped in before it changed the file", "file", path, "size", size)
 		}
 	}
-	return removeShrinkRecord(wfd, path)
+	return removeShrinkRecord(fd)
 }
 
-func removeShrinkRecord(fd int, path string) error {
+// removeShrinkRecord removes the record through any descriptor of the
+// file (xattrs need the inode's permission, not a writable descriptor).
+func removeShrinkRecord(fd int) error {
 	if err := unix.Fremovexattr(fd, xattrShrink); err != nil && !errors.Is(err, unix.ENODATA) {
-		return fmt.Errorf("%s: remove the record of an interrupted truncate: %w", path, err)
+		return fmt.Errorf("remove the truncate record: %w", err)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"bytes"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -131,5 +133,90 @@ func TestTruncateIntoBlockCrash(t *testing.T) {
 			g.Close()
 			checkContent(t, again.m("vm/f"), append(append([]byte(nil), want...), "ta"...))
 		})
+	}
+}
+
+// TestTruncateRecordUnsettled leaves a truncate record that the first open
+// cannot settle (the backing file is immutable, as on a read-only backing
+// store): the open still succeeds, every block before the interrupted one
+// reads back, the interrupted block fails with EIO instead of returning
+// wrong bytes, and a later open, once the file can be changed, settles it.
+func TestTruncateRecordUnsettled(t *testing.T) {
+	const newSize = 2*4096 + 100
+	tf := newTestFS(t, testOpts{})
+	tf.encDir("vm")
+	data := randBytes(3*4096 + 500)
+	mustWrite(t, tf.m("vm/f"), data)
+	f := openRW(t, tf.m("vm/f"), 0)
+	n := nodeOf(t, tf, "vm/f")
+	n.mu.Lock()
+	o := n.obj
+	n.mu.Unlock()
+	enc, err := o.obj.EncryptBlock(nil, data[2*4096:newSize], 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	tf.waitReleased()
+	if err := tf.srv.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	back := tf.b("vm/f")
+	if err := unix.Setxattr(back, xattrShrink, []byte(strconv.Itoa(newSize)), 0); err != nil {
+		t.Fatal(err)
+	}
+	bf := openRW(t, back, 0)
+	if _, err := bf.WriteAt(enc, int64(objcrypt.CipherOffsetOfBlock(2))); err != nil {
+		t.Fatal(err)
+	}
+	setImmutable(t, bf, true)
+	t.Cleanup(func() { setImmutable(t, bf, false); bf.Close() })
+
+	again := newTestFS(t, testOpts{back: tf.back, keys: tf.keys})
+	g, err := os.Open(again.m("vm/f"))
+	if err != nil {
+		t.Fatalf("open with an unsettled truncate record: %v", err)
+	}
+	head := make([]byte, 2*4096)
+	if _, err := g.ReadAt(head, 0); err != nil || !bytes.Equal(head, data[:2*4096]) {
+		t.Errorf("blocks before the interrupted one: %v", err)
+	}
+	if _, err := g.ReadAt(make([]byte, 10), 2*4096); !errors.Is(err, unix.EIO) {
+		t.Errorf("the interrupted block reads %v, want EIO", err)
+	}
+	g.Close()
+	if !strings.Contains(again.logs.String(), "cannot settle an interrupted truncate") {
+		t.Errorf("log does not say the record could not be settled:\n%s", again.logs.String())
+	}
+	if _, err := unix.Getxattr(back, xattrShrink, nil); err != nil {
+		t.Errorf("record gone although the file is immutable: %v", err)
+	}
+
+	setImmutable(t, bf, false)
+	again.waitReleased()
+	if err := again.srv.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	third := newTestFS(t, testOpts{back: tf.back, keys: tf.keys})
+	checkContent(t, third.m("vm/f"), data[:newSize])
+}
+
+// fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h (x/sys/unix lacks it).
+const fsImmutableFL = 0x10
+
+// setImmutable sets or clears the immutable flag of f (chattr +i).
+func setImmutable(t *testing.T, f *os.File, on bool) {
+	t.Helper()
+	fl, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatalf("FS_IOC_GETFLAGS: %v (the test needs a backing filesystem with chattr +i, like ext4)", err)
+	}
+	if on {
+		fl |= fsImmutableFL
+	} else {
+		fl &^= fsImmutableFL
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, fl); err != nil {
+		t.Fatalf("FS_IOC_SETFLAGS: %v", err)
 	}
 }
