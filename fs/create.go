@@ -20,11 +20,7 @@ var _ gofs.NodeCreater = (*node)(nil)
 // not asked for, the existing file is opened like open(2) would.
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	defer n.r.opDone(OpCreate, n.r.opStart())
-	dfd, err := n.pathFd()
-	if err != nil {
-		return nil, nil, 0, toErrno(err)
-	}
-	pol, err := n.r.dirPolicy(n, dfd)
+	dfd, pol, err := n.dirAndPolicy()
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
@@ -57,6 +53,17 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, toErrno(err)
 	}
 	return ch, cf, openFlags(flags, true), 0
+}
+
+// dirAndPolicy returns the backing directory's descriptor and its
+// encryption policy (nil: new files here are plain).
+func (n *node) dirAndPolicy() (int, *objcrypt.Policy, error) {
+	dfd, err := n.pathFd()
+	if err != nil {
+		return -1, nil, err
+	}
+	pol, err := n.r.dirPolicy(n, dfd)
+	return dfd, pol, err
 }
 
 // openExisting is Create's fallback when the backing name already exists.
@@ -183,11 +190,7 @@ var _ gofs.NodeTmpfiler = (*node)(nil)
 // backing file from the start: it has no name to reopen it by.
 func (n *node) Tmpfile(ctx context.Context, flags, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	defer n.r.opDone(OpCreate, n.r.opStart())
-	dfd, err := n.pathFd()
-	if err != nil {
-		return nil, nil, 0, toErrno(err)
-	}
-	pol, err := n.r.dirPolicy(n, dfd)
+	dfd, pol, err := n.dirAndPolicy()
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}

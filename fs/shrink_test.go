@@ -74,25 +74,7 @@ func TestTruncateIntoBlockCrash(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tf := newTestFS(t, testOpts{})
-			tf.encDir("vm")
-			data := randBytes(3*4096 + 500)
-			mustWrite(t, tf.m("vm/f"), data)
-			f := openRW(t, tf.m("vm/f"), 0)
-			n := nodeOf(t, tf, "vm/f")
-			n.mu.Lock()
-			o := n.obj
-			n.mu.Unlock()
-			enc, err := o.obj.EncryptBlock(nil, data[2*4096:newSize], 2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.Close()
-			tf.waitReleased()
-			if err := tf.srv.Unmount(); err != nil {
-				t.Fatal(err)
-			}
-
+			tf, data, enc := unmountedForShrink(t, newSize)
 			back := tf.b("vm/f")
 			if err := unix.Setxattr(back, xattrShrink, []byte(c.record), 0); err != nil {
 				t.Fatal(err)
@@ -136,16 +118,15 @@ func TestTruncateIntoBlockCrash(t *testing.T) {
 	}
 }
 
-// TestTruncateRecordUnsettled leaves a truncate record that the first open
-// cannot settle (the backing file is immutable, as on a read-only backing
-// store): the open still succeeds, every block before the interrupted one
-// reads back, the interrupted block fails with EIO instead of returning
-// wrong bytes, and a later open, once the file can be changed, settles it.
-func TestTruncateRecordUnsettled(t *testing.T) {
-	const newSize = 2*4096 + 100
-	tf := newTestFS(t, testOpts{})
+// unmountedForShrink writes an encrypted file vm/f of three and a bit
+// blocks, encrypts what a truncate to newSize (inside block 2) would store
+// as the new last block, and unmounts, leaving the backing file for the
+// caller to put into a crash state.
+func unmountedForShrink(t *testing.T, newSize int) (tf *testFS, data, enc []byte) {
+	t.Helper()
+	tf = newTestFS(t, testOpts{})
 	tf.encDir("vm")
-	data := randBytes(3*4096 + 500)
+	data = randBytes(3*4096 + 500)
 	mustWrite(t, tf.m("vm/f"), data)
 	f := openRW(t, tf.m("vm/f"), 0)
 	n := nodeOf(t, tf, "vm/f")
@@ -161,6 +142,17 @@ func TestTruncateRecordUnsettled(t *testing.T) {
 	if err := tf.srv.Unmount(); err != nil {
 		t.Fatal(err)
 	}
+	return tf, data, enc
+}
+
+// TestTruncateRecordUnsettled leaves a truncate record that the first open
+// cannot settle (the backing file is immutable, as on a read-only backing
+// store): the open still succeeds, every block before the interrupted one
+// reads back, the interrupted block fails with EIO instead of returning
+// wrong bytes, and a later open, once the file can be changed, settles it.
+func TestTruncateRecordUnsettled(t *testing.T) {
+	const newSize = 2*4096 + 100
+	tf, data, enc := unmountedForShrink(t, newSize)
 	back := tf.b("vm/f")
 	if err := unix.Setxattr(back, xattrShrink, []byte(strconv.Itoa(newSize)), 0); err != nil {
 		t.Fatal(err)
