@@ -38,7 +38,7 @@ func TestHeaderXattrHiddenAndProtected(t *testing.T) {
 		t.Fatalf("getxattr hdr through mount: %v, want ENODATA", err)
 	}
 	for _, p := range []string{f, tf.m("vm")} {
-		for _, name := range []string{xattrHeader, "user.cryptds.other", xattrStatus} {
+		for _, name := range []string{xattrHeader, xattrShrink, "user.cryptds.other", xattrStatus} {
 			if err := unix.Setxattr(p, name, []byte("x"), 0); !errors.Is(err, unix.EPERM) {
 				t.Errorf("setxattr %s on %s: %v, want EPERM", name, p, err)
 			}
