@@ -200,7 +200,24 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if err != nil {
 		return toErrno(err)
 	}
+	np.keepVictim(newName)
 	return toErrno(unix.Renameat2(dfd, name, ndfd, newName, uint(flags)))
+}
+
+// keepVictim opens the O_PATH descriptor of child name, if the kernel
+// knows that inode, before its name goes away (unlink, rmdir, rename over
+// it). A node finds its backing file by name only until its descriptor is
+// open, and an open file whose name was removed is still fstat'ed,
+// truncated, allocated and chmod'ed through its node (stress-ng and many
+// programs unlink a temporary file they keep using).
+func (n *node) keepVictim(name string) {
+	ch := n.GetChild(name)
+	if ch == nil {
+		return
+	}
+	if cn, ok := asNode(ch.Operations()); ok {
+		_, _ = cn.pathFd() // a name already gone behind us has nothing to keep
+	}
 }
 
 var _ gofs.NodeUnlinker = (*node)(nil)
@@ -211,6 +228,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
+	n.keepVictim(name)
 	return toErrno(unix.Unlinkat(dfd, name, 0))
 }
 
@@ -222,6 +240,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return toErrno(err)
 	}
+	n.keepVictim(name)
 	return toErrno(unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR))
 }
 
