@@ -11,7 +11,7 @@ LOG=${CRYPTDS_IT_LOG:-/tmp/cryptds-integration.log}
 
 fail() { echo "integration: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] && [ -c /dev/fuse ] || fail "needs root and /dev/fuse"
-for t in pykmip-server openssl setfattr qemu-img qemu-io qemu-system-x86_64 apt-get dpkg-deb fio tar rsync restic; do
+for t in pykmip-server openssl setfattr qemu-img qemu-io qemu-system-x86_64 apt-get dpkg-deb fio tar rsync restic stress-ng; do
 	command -v "$t" >/dev/null || fail "missing $t (bash .ci/run installs it)"
 done
 
