@@ -70,6 +70,37 @@ func TestMountDevRoundTrip(t *testing.T) {
 	m.stop()
 }
 
+// devMountWithVM mounts a fresh datastore with the dev KMS, makes an
+// encrypted VM directory in it and returns the mount, the directory and a
+// function that mounts the same datastore again (after a kill).
+func devMountWithVM(t *testing.T) (m *mountProc, vm string, remount func() *mountProc) {
+	t.Helper()
+	backing, mnt, state := dirs(t)
+	remount = func() *mountProc { return startMount(t, backing, mnt, "--dev", "--state-dir", state) }
+	m = remount()
+	vm = filepath.Join(mnt, "vm")
+	if err := os.Mkdir(vm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	encryptDir(t, vm)
+	return m, vm, remount
+}
+
+// killAndReread kills the daemon with SIGKILL, closes f, mounts again and
+// reads f's file whole through the new mount; a read error (a block that
+// fails authentication) fails the test.
+func killAndReread(t *testing.T, m *mountProc, f *os.File, remount func() *mountProc) (*mountProc, []byte) {
+	t.Helper()
+	m.kill()
+	f.Close()
+	m = remount()
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatalf("read after crash: %v (a block failed authentication?)", err)
+	}
+	return m, got
+}
+
 // TestKillDuringWrite kills the daemon with SIGKILL in the middle of a
 // write+fsync loop: after a remount every fsync'd byte must read back and no
 // block may fail authentication.
@@ -77,13 +108,7 @@ func TestKillDuringWrite(t *testing.T) {
 	requireRoot(t)
 	for seed := range uint64(3) {
 		t.Run(string(rune('a'+seed)), func(t *testing.T) {
-			backing, mnt, state := dirs(t)
-			m := startMount(t, backing, mnt, "--dev", "--state-dir", state)
-			vm := filepath.Join(mnt, "vm")
-			if err := os.Mkdir(vm, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			encryptDir(t, vm)
+			m, vm, remount := devMountWithVM(t)
 			path := filepath.Join(vm, "disk.raw")
 			rng := rand.New(rand.NewPCG(seed, 42))
 			model := make([]byte, 8<<20)
@@ -119,14 +144,7 @@ func TestKillDuringWrite(t *testing.T) {
 			if writeErr != nil {
 				t.Fatalf("write before kill: %v", writeErr)
 			}
-			m.kill()
-			f.Close()
-
-			m = startMount(t, backing, mnt, "--dev", "--state-dir", state)
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read after crash: %v (a block failed authentication?)", err)
-			}
+			m, got := killAndReread(t, m, f, remount)
 			if int64(len(got)) < syncedSize {
 				t.Fatalf("file is %d bytes after crash, but %d were fsync'd", len(got), syncedSize)
 			}
@@ -156,13 +174,7 @@ func TestKillDuringTruncate(t *testing.T) {
 	requireRoot(t)
 	for seed := range uint64(3) {
 		t.Run(string(rune('a'+seed)), func(t *testing.T) {
-			backing, mnt, state := dirs(t)
-			m := startMount(t, backing, mnt, "--dev", "--state-dir", state)
-			vm := filepath.Join(mnt, "vm")
-			if err := os.Mkdir(vm, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			encryptDir(t, vm)
+			m, vm, remount := devMountWithVM(t)
 			path := filepath.Join(vm, "nvram.bin")
 			rng := rand.New(rand.NewPCG(seed, 7))
 			const maxSize = 256 << 10
@@ -217,14 +229,7 @@ func TestKillDuringTruncate(t *testing.T) {
 			if opErr != nil {
 				t.Fatalf("before kill: %v", opErr)
 			}
-			m.kill()
-			f.Close()
-
-			m = startMount(t, backing, mnt, "--dev", "--state-dir", state)
-			got, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("read after crash: %v (a block failed authentication?)", err)
-			}
+			m, got := killAndReread(t, m, f, remount)
 			for i := range min(len(got), low, len(synced)) {
 				if !touched[i] && got[i] != synced[i] {
 					t.Fatalf("byte %d: got %#x, fsync'd %#x (file %d bytes, smallest size since the fsync %d)", i, got[i], synced[i], len(got), low)
