@@ -86,9 +86,9 @@ func openDirect(fd int, writable bool) int {
 }
 
 // storedRange reads the stored bytes [off, end) of the object: through the
-// handle's descriptor, or for large reads, from the page cache if it holds all of them and from the disk directly otherwise.
-// It returns the bytes (short at end of file) and a function that gives
-// the buffer back.
+// handle's descriptor, or for large reads, from the page cache if it holds
+// all of them and from the disk directly otherwise. It returns the bytes
+// (short at end of file) and a function that gives the buffer back.
 func (f *cryptFile) storedRange(off, end uint64) ([]byte, func(), error) {
 	if end-off < directReadMin || end-off > largeBuf || f.directFD() < 0 {
 		return f.storedRangeBuffered(off, end)
@@ -143,7 +143,8 @@ func (f *cryptFile) storedRangeBuffered(off, end uint64) ([]byte, func(), error)
 // storeBuffer picks the descriptor and an empty buffer (capacity
 // end-off) for storing the encrypted range [off, end) of a whole-block
 // write. Large writes whose stored range is 4 KiB aligned (512 KiB-aligned
-// plaintext: 128 stored blocks are 129 pages) go to the O_DIRECT descriptor from an aligned buffer, as the caller asked:
+// plaintext: 128 stored blocks are 129 pages) go to the O_DIRECT
+// descriptor from an aligned buffer, whatever the handle's own flags:
 // through the buffered descriptor a cold 1 MiB write was a 1 MiB copy into
 // the page cache under the backing inode's lock (perf: 45 % of the
 // daemon's time in copy_folio_from_iter_atomic, 14 % spinning on the inode

@@ -30,8 +30,9 @@ package fs
 //
 // A window is filled at most once per open (pages stored earlier may have
 // been evicted since); a fill in flight makes other misses skip filling
-// rather than queue. Fills follow the read-around size limit: the file must fit comfortably in the
-// page cache, or the pages stored would be evicted before use.
+// rather than queue. Fills follow the read-around size limit: the file
+// must fit comfortably in the page cache, or the pages stored would be
+// evicted before use.
 const fillWindow = 128 << 10
 
 // start claims window w for a fill, unless a change forbids fills, a fill

@@ -86,6 +86,15 @@ func devMountWithVM(t *testing.T) (m *mountProc, vm string, remount func() *moun
 	return m, vm, remount
 }
 
+// seededBytes returns n bytes from rng, so a seed replays the same writes.
+func seededBytes(rng *rand.Rand, n int) []byte {
+	buf := make([]byte, n)
+	for j := range buf {
+		buf[j] = byte(rng.Uint32())
+	}
+	return buf
+}
+
 // killAndReread kills the daemon with SIGKILL, closes f, mounts again and
 // reads f's file whole through the new mount; a read error (a block that
 // fails authentication) fails the test.
@@ -124,10 +133,7 @@ func TestKillDuringWrite(t *testing.T) {
 			for i := 0; time.Now().Before(killAt); i++ {
 				off := rng.Int64N(int64(len(model)) - 70000)
 				n := 1 + rng.IntN(65536)
-				buf := make([]byte, n)
-				for j := range buf {
-					buf[j] = byte(rng.Uint32())
-				}
+				buf := seededBytes(rng, n)
 				if _, writeErr = f.WriteAt(buf, off); writeErr != nil {
 					break
 				}
@@ -211,10 +217,7 @@ func TestKillDuringTruncate(t *testing.T) {
 					}
 				default:
 					off, n := rng.IntN(maxSize-8192), 1+rng.IntN(8192)
-					buf := make([]byte, n)
-					for j := range buf {
-						buf[j] = byte(rng.Uint32())
-					}
+					buf := seededBytes(rng, n)
 					if _, opErr = f.WriteAt(buf, int64(off)); opErr == nil {
 						if end := off + n; end > len(model) {
 							model = append(model, make([]byte, end-len(model))...)
