@@ -5,10 +5,10 @@
 # Needs root, /dev/fuse, fio and gocryptfs. Run it on an otherwise idle
 # machine: nothing else may run meanwhile.
 #
-#   ROUNDS=3 SIZE=512M RUNTIME=10 make bench
+#   ROUNDS=5 SIZE=512M RUNTIME=10 make bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SIZE=${SIZE:-512M}
 RUNTIME=${RUNTIME:-10}
 MODES=${MODES:-"buffered direct"}
