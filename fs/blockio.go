@@ -362,6 +362,12 @@ func (f *cryptFile) truncateLocked(size uint64) error {
 		return err
 	}
 	if size == psize {
+		// Nothing to cut, but a truncate or an O_TRUNC open still marks
+		// mtime and ctime (POSIX); cutting the backing file to its own
+		// size does what the backing filesystem does for a plain file.
+		if err := unix.Ftruncate(f.fd, int64(csize)); err != nil {
+			return fmt.Errorf("ftruncate: %w", err)
+		}
 		return nil
 	}
 	u := &undo{f: f, csize: csize}

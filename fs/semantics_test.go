@@ -584,3 +584,68 @@ func TestReadAheadRaised(t *testing.T) {
 		t.Fatalf("read_ahead_kb = %s, want %d", got, readAheadKB)
 	}
 }
+
+// TestTruncateStampsTimes: a truncate or an O_TRUNC open marks mtime and
+// ctime even when the size does not change (POSIX; pjdfstest's open and
+// truncate tests check it). An encrypted file used to skip a same-size
+// truncate entirely and keep its old times.
+func TestTruncateStampsTimes(t *testing.T) {
+	tf := newVMAndPlainFS(t)
+	truncates := []struct {
+		name string
+		size int64 // of the file before and after
+		do   func(path string) error
+	}{
+		{"truncate", 5, func(p string) error { return os.Truncate(p, 5) }},
+		{"ftruncate", 5, func(p string) error {
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return f.Truncate(5)
+		}},
+		{"O_TRUNC of an empty file", 0, func(p string) error {
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}},
+	}
+	for _, file := range vmAndPlain {
+		for _, tc := range truncates {
+			t.Run(file+"/"+tc.name, func(t *testing.T) {
+				path := tf.m(file)
+				if err := os.WriteFile(path, []byte("hello")[:tc.size], 0o644); err != nil {
+					t.Fatal(err)
+				}
+				old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+				if err := os.Chtimes(path, old, old); err != nil {
+					t.Fatal(err)
+				}
+				var before syscall.Stat_t
+				if err := syscall.Stat(path, &before); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(20 * time.Millisecond) // past a coarse timestamp tick
+				if err := tc.do(path); err != nil {
+					t.Fatal(err)
+				}
+				var after syscall.Stat_t
+				if err := syscall.Stat(path, &after); err != nil {
+					t.Fatal(err)
+				}
+				if after.Size != tc.size {
+					t.Errorf("size %d, want %d", after.Size, tc.size)
+				}
+				if after.Mtim == before.Mtim {
+					t.Errorf("mtime not marked: still %v", time.Unix(after.Mtim.Unix()))
+				}
+				if after.Ctim == before.Ctim {
+					t.Errorf("ctime not marked: still %v", time.Unix(after.Ctim.Unix()))
+				}
+			})
+		}
+	}
+}
