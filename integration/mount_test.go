@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,12 +103,47 @@ func killAndReread(t *testing.T, m *mountProc, f *os.File, remount func() *mount
 	t.Helper()
 	m.kill()
 	f.Close()
-	m = remount()
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(m.mnt, &fs); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("statfs of the killed mount: %v, want ENOTCONN", err)
+	}
+	m = remount() // must detach the dead mount itself, as a restart would
+	said := func() bool { return strings.Contains(m.stderr.String(), "detached the dead mount") }
+	if !waitFor(5*time.Second, said) { // the log reaches us through a pipe copier
+		t.Errorf("the new daemon did not say it detached the dead mount:\n%s", m.stderr.String())
+	}
 	got, err := os.ReadFile(f.Name())
 	if err != nil {
 		t.Fatalf("read after crash: %v (a block failed authentication?)", err)
 	}
 	return m, got
+}
+
+// TestDeadMountOfAnotherDatastore: a dead mount (its daemon killed) on the
+// mountpoint that belongs to another datastore is not detached silently;
+// the mount is refused with exit code 3 and says how to go on, and
+// cryptds umount removes the dead mount.
+func TestDeadMountOfAnotherDatastore(t *testing.T) {
+	backing, mnt, state := dirs(t)
+	startMount(t, backing, mnt, "--dev", "--state-dir", state).kill()
+	other := filepath.Join(t.TempDir(), "other")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binary, "mount", "--dev", "--state-dir", state, other, mnt).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("mount over another datastore's dead mount: %v, want exit code 3\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "whose daemon is gone") || !strings.Contains(string(out), "cryptds umount "+mnt) {
+		t.Errorf("the refusal does not say what to do:\n%s", out)
+	}
+	run(t, binary, "umount", mnt)
+	m := startMount(t, other, mnt, "--dev", "--state-dir", state)
+	if err := os.WriteFile(filepath.Join(mnt, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("write through the new mount: %v", err)
+	}
+	m.stop()
 }
 
 // TestKillDuringWrite kills the daemon with SIGKILL in the middle of a

@@ -182,6 +182,13 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return withCode(ExitUsage, fmt.Errorf("--key-cache: %w", err))
 	}
+	detached, err := detachDeadMounts(datastore)
+	for _, p := range detached {
+		log.Warn("detached the dead mount of this datastore that a killed cryptds left behind", "mountpoint", p)
+	}
+	if err != nil {
+		return err
+	}
 	if err := checkMountpoint(mnt, datastore); err != nil {
 		return err
 	}

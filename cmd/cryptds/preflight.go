@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/pkg/xattr"
@@ -54,9 +55,41 @@ func checkDatastore(dir string) (string, error) {
 	return newID, nil
 }
 
+// detachDeadMounts lazily unmounts the mounts of datastore whose daemon is
+// gone. After a kill -9 or a crash the kernel keeps the FUSE mount and
+// every access to it fails with ENOTCONN until someone detaches it, so a
+// restart (systemd's Restart=on-failure, an operator running the same
+// command again) could never mount. Only mounts whose source names this
+// datastore are touched. It returns the mount points it detached.
+func detachDeadMounts(datastore string) ([]string, error) {
+	mounts, err := readMounts()
+	if err != nil {
+		return nil, err
+	}
+	var detached []string
+	for _, m := range mounts {
+		if m.Source != fsName(datastore) || !strings.HasPrefix(m.FSType, "fuse") {
+			continue
+		}
+		var fs syscall.Statfs_t // never answered from the kernel's caches, unlike stat
+		if err := syscall.Statfs(m.Point, &fs); !errors.Is(err, syscall.ENOTCONN) {
+			continue
+		}
+		if err := syscall.Unmount(m.Point, syscall.MNT_DETACH); err != nil {
+			return detached, withCode(ExitMount, fmt.Errorf("detach the dead mount of %s at %s: %w", datastore, m.Point, err))
+		}
+		detached = append(detached, m.Point)
+	}
+	return detached, nil
+}
+
 // checkMountpoint refuses a missing, non-directory, non-empty or already
 // mounted mountpoint, and a datastore that is already mounted by cryptds.
 func checkMountpoint(mnt, datastore string) error {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &fs); errors.Is(err, syscall.ENOTCONN) {
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is a FUSE mount whose daemon is gone; unmount it first (cryptds umount %s)", mnt, mnt))
+	}
 	st, err := os.Stat(mnt)
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mountpoint: %w", err))
