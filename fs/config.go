@@ -48,4 +48,7 @@ type Config struct {
 	// buffered reads also read their neighbours (readaround.go): 0 means
 	// 1/16 of the machine's memory, a negative value never.
 	ReadAroundLimit int64
+	// MaxPathFDs bounds the O_PATH descriptors the node tree keeps
+	// (pathlimit.go); 0 means half of RLIMIT_NOFILE.
+	MaxPathFDs int
 }

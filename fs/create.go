@@ -238,6 +238,7 @@ func (n *node) adoptTmpfile(ctx context.Context, dfd, fd int, flags, mode uint32
 	}
 	child := n.r.newNode(kind)
 	child.pfd.fd = pfd
+	child.pfd.pinned = true // unnamed: nothing to find it by again
 	n.r.fillAttr(&out.Attr, &st, kind)
 	ch := n.NewInode(ctx, child, n.r.stableAttr(&st))
 	if nh == nil {

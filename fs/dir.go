@@ -216,7 +216,7 @@ func (n *node) keepVictim(name string) {
 		return
 	}
 	if cn, ok := asNode(ch.Operations()); ok {
-		_, _ = cn.pathFd() // a name already gone behind us has nothing to keep
+		_ = cn.pinPathFd() // a name already gone behind us has nothing to keep
 	}
 }
 

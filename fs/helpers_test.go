@@ -95,6 +95,8 @@ type testOpts struct {
 	allowOther bool      // let callers other than root use the mount
 	// readAroundLimit is Config.ReadAroundLimit (0: the default).
 	readAroundLimit int64
+	// maxPathFDs is Config.MaxPathFDs (0: the default).
+	maxPathFDs int
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -120,6 +122,7 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 		KMSName:     "fake",
 
 		ReadAroundLimit: o.readAroundLimit,
+		MaxPathFDs:      o.maxPathFDs,
 	}
 	r, err := NewRoot(cfg)
 	if err != nil {

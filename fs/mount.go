@@ -96,6 +96,9 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)
 	}
+	stop := make(chan struct{})
+	go func() { server.Wait(); close(stop) }()
+	go r.pathFDs.evict(stop)
 	if err := setReadAhead(mountpoint, readAheadKB); err != nil {
 		r.log.Warn("cryptds: kernel read-ahead left at its default", "mountpoint", mountpoint, "err", err)
 	}

@@ -39,7 +39,7 @@ type node struct {
 func (n *node) cnode() *node { return n }
 
 func (r *Root) newNode(kind int) *node {
-	n := &node{r: r, pfd: newPathFD(), kind: kind}
+	n := &node{r: r, pfd: newPathFD(r.pathFDs), kind: kind}
 	runtime.AddCleanup(n, func(p *pathFD) { p.close() }, n.pfd)
 	return n
 }

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"container/list"
 	"fmt"
 	"strconv"
 	"sync"
@@ -21,9 +22,15 @@ type pathFD struct {
 	mu   sync.Mutex
 	fd   int // -1: not open (yet, or any more)
 	root bool
+	// pinned descriptors are the only way back to their file (unlinked
+	// while the kernel still knows it, O_TMPFILE), so the limit never asks
+	// the kernel to drop them.
+	pinned bool
+	lim    *pathFDLimit
+	elem   *list.Element // in lim.open; guarded by lim.mu
 }
 
-func newPathFD() *pathFD { return &pathFD{fd: -1} }
+func newPathFD(lim *pathFDLimit) *pathFD { return &pathFD{fd: -1, lim: lim} }
 
 func (p *pathFD) close() {
 	p.mu.Lock()
@@ -31,6 +38,7 @@ func (p *pathFD) close() {
 	if p.fd >= 0 && !p.root {
 		unix.Close(p.fd)
 		p.fd = -1
+		p.lim.removed(p)
 	}
 }
 
@@ -77,7 +85,24 @@ func (n *node) pathFd() (int, error) {
 		return -1, fmt.Errorf("%q was replaced on the backing store: %w", name, syscall.ENOENT)
 	}
 	p.fd = fd
+	if !p.pinned {
+		p.lim.added(n)
+	}
 	return fd, nil
+}
+
+// pinPathFd opens the node's descriptor if it is not open yet and keeps it
+// for as long as the node lives (see pathFD.pinned).
+func (n *node) pinPathFd() error {
+	if _, err := n.pathFd(); err != nil {
+		return err
+	}
+	p := n.pfd
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pinned = true
+	p.lim.removed(p)
+	return nil
 }
 
 // stableIno is stableAttr's inode number for a Stat_t.

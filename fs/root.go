@@ -30,6 +30,7 @@ type Root struct {
 	pread   ioAtFunc // unix.Pread for O_DIRECT backing reads; tests inject refusals
 
 	readAroundLimit uint64 // Config.ReadAroundLimit resolved
+	pathFDs         *pathFDLimit
 
 	openMu sync.Mutex
 	open   map[openHandle]struct{} // writable handles, for OpenFiles
@@ -87,8 +88,13 @@ func NewRoot(cfg Config) (*Root, error) {
 	case cfg.ReadAroundLimit == 0:
 		r.readAroundLimit = defaultReadAroundLimit()
 	}
+	limit := cfg.MaxPathFDs
+	if limit <= 0 {
+		limit = defaultPathFDLimit()
+	}
+	r.pathFDs = newPathFDLimit(limit)
 	r.node.r = r
-	r.node.pfd = &pathFD{fd: fd, root: true}
+	r.node.pfd = &pathFD{fd: fd, root: true, lim: r.pathFDs}
 	return r, nil
 }
 

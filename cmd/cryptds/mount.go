@@ -170,6 +170,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		return err
 	}
 	setMemoryLimit(log)
+	raiseOpenFileLimit(log)
 	datastore, err := filepath.Abs(c.Args().Get(0))
 	if err != nil {
 		return withCode(ExitUsage, err)
