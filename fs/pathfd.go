@@ -85,7 +85,7 @@ func (n *node) pathFd() (int, error) {
 		return -1, fmt.Errorf("%q was replaced on the backing store: %w", name, syscall.ENOENT)
 	}
 	p.fd = fd
-	if !p.pinned {
+	if !p.pinned && n.StableAttr().Mode != syscall.S_IFDIR {
 		p.lim.added(n)
 	}
 	return fd, nil

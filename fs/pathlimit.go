@@ -17,10 +17,12 @@ import (
 // invalidation, from a goroutine of our own, never inside a request), an
 // unused inode is then forgotten, and OnForget closes the descriptor as it
 // always does. Nothing closes a descriptor a request may be using; an
-// entry still in use (an open file, a working directory) simply stays.
+// entry still in use (an open file) simply stays. Directories are never
+// dropped: invalidating a directory entry would also detach anything
+// mounted below it, and there are few of them next to files.
 type pathFDLimit struct {
 	mu    sync.Mutex
-	open  list.List // *node holding a descriptor that can be found again by name, oldest first
+	open  list.List // non-directory *node holding a descriptor that can be found again by name, oldest first
 	limit int
 	wake  chan struct{}
 }
