@@ -87,8 +87,8 @@ func waitFor(d time.Duration, cond func() bool) bool {
 
 // TestServiceNotifyReloadStop runs the daemon as systemd would (Type=notify):
 // READY=1 once mounted, SIGHUP re-reads the config file and applies the log
-// format and level live while reporting key-ttl as needing a remount, and
-// SIGTERM sends STOPPING=1 and exits 0.
+// format, log level and key TTL live while reporting allow-other as needing
+// a remount, and SIGTERM sends STOPPING=1 and exits 0.
 func TestServiceNotifyReloadStop(t *testing.T) {
 	requireRoot(t)
 	backing, mnt, state := dirs(t)
@@ -99,7 +99,7 @@ func TestServiceNotifyReloadStop(t *testing.T) {
 	m := startMount(t, backing, mnt, "--config", cfg)
 	l.expect(t, "READY=1", 30*time.Second)
 
-	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\nlog-format = \"json\"\ndebug = true\nkey-ttl = \"2h\"\n", state))
+	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\nlog-format = \"json\"\ndebug = true\nkey-ttl = \"2h\"\nallow-other = true\n", state))
 	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestServiceNotifyReloadStop(t *testing.T) {
 		t.Fatalf("no JSON 'config reloaded' line after SIGHUP:\n%s", m.stderr.String())
 	}
 	logs := m.stderr.String()
-	for _, want := range []string{`"applied":"debug,log-format"`, `"need_remount":"key-ttl"`} {
+	for _, want := range []string{`"applied":"debug,key-ttl,log-format"`, `"need_remount":"allow-other"`, `"msg":"key TTL changed"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("reload log lacks %s:\n%s", want, logs)
 		}

@@ -59,20 +59,63 @@ type Ring struct {
 	janitorDone chan struct{}
 
 	stats counters
+
+	ttl atomic.Int64 // time.Duration: Options.TTL until SetTTL
+}
+
+// TTL is how long a key the KMS hands out from now on may be served.
+func (r *Ring) TTL() time.Duration { return time.Duration(r.ttl.Load()) }
+
+// SetTTL changes the TTL while the ring is in use (a reloaded config).
+// Keys the KMS hands out from now on get the new TTL. A shorter TTL also
+// brings every cached key's expiry forward to at most now+ttl, so lowering
+// it takes effect at once and not only after the next refresh; a longer
+// one leaves cached keys as they are until the KMS confirms them again.
+func (r *Ring) SetTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("keyring: TTL %v must be positive", ttl)
+	}
+	old := time.Duration(r.ttl.Swap(int64(ttl)))
+	if ttl == old {
+		return nil
+	}
+	r.log.Info("key TTL changed", "from", old, "to", ttl)
+	if ttl > old {
+		return nil
+	}
+	limit := r.opts.Now().Add(ttl).UnixNano()
+	r.mu.RLock()
+	for _, e := range r.hot {
+		for {
+			exp := e.expires.Load()
+			if exp <= limit || e.expires.CompareAndSwap(exp, limit) {
+				break
+			}
+		}
+	}
+	r.mu.RUnlock()
+	r.smu.Lock()
+	var err error
+	if r.store != nil {
+		err = r.store.capExpiry(limit, r.opts.Now())
+	}
+	r.smu.Unlock()
+	return err
 }
 
 // entry is one cached key. The hot map holds one reference and each WithKEK
 // lender another; the last release zeroes the key.
 type entry struct {
 	key        objcrypt.Key
-	expires    int64        // Unix ns by Options.Now; immutable
+	expires    atomic.Int64 // Unix ns by Options.Now; only ever moved earlier (SetTTL)
 	refreshAt  atomic.Int64 // Unix ns by Options.Now
 	refreshing atomic.Bool
 	refs       atomic.Int32
 }
 
 func newEntry(key objcrypt.Key, expires, refreshAt int64) *entry {
-	e := &entry{key: key, expires: expires}
+	e := &entry{key: key}
+	e.expires.Store(expires)
 	e.refreshAt.Store(refreshAt)
 	e.refs.Store(1)
 	return e
@@ -128,6 +171,7 @@ func Open(src KeySource, opts Options) (*Ring, error) {
 		cancel:      cancel,
 		janitorDone: make(chan struct{}),
 	}
+	r.ttl.Store(int64(o.TTL))
 	go r.janitor()
 	r.log.Debug("key ring open", "cache", o.Cache.String(), "ttl", o.TTL, "refresh", o.Refresh)
 	return r, nil
@@ -173,7 +217,7 @@ func (r *Ring) Close() error {
 func (r *Ring) KEK(ctx context.Context, id string) (objcrypt.Key, error) {
 	now := r.opts.Now().UnixNano()
 	r.mu.RLock()
-	if e := r.hot[id]; e != nil && now < e.expires {
+	if e := r.hot[id]; e != nil && now < e.expires.Load() {
 		k := make(objcrypt.Key, len(e.key))
 		copy(k, e.key)
 		r.maybeRefresh(id, e, now)
@@ -192,7 +236,7 @@ func (r *Ring) KEK(ctx context.Context, id string) (objcrypt.Key, error) {
 func (r *Ring) WithKEK(ctx context.Context, id string, fn func(objcrypt.Key) error) error {
 	now := r.opts.Now().UnixNano()
 	r.mu.RLock()
-	if e := r.hot[id]; e != nil && now < e.expires {
+	if e := r.hot[id]; e != nil && now < e.expires.Load() {
 		e.refs.Add(1) // the map's reference keeps refs > 0 while we hold mu
 		r.maybeRefresh(id, e, now)
 		r.mu.RUnlock()
@@ -332,7 +376,7 @@ func (r *Ring) resolve(ctx context.Context, id string, c *call) (objcrypt.Key, *
 	now := r.opts.Now()
 	r.mu.Lock()
 	e := r.hot[id]
-	if e != nil && now.UnixNano() < e.expires {
+	if e != nil && now.UnixNano() < e.expires.Load() {
 		k := clone(e.key)
 		r.mu.Unlock()
 		return k, nil, nil
@@ -383,7 +427,7 @@ func (r *Ring) fetchAndCache(ctx context.Context, id string, c *call) (objcrypt.
 		return nil, &KeyError{ID: id, Endpoints: slices.Clone(r.src.Endpoints()), Err: ErrKeyUnavailable, Cause: err}
 	}
 	now := r.opts.Now()
-	exp := now.Add(r.opts.TTL).UnixNano()
+	exp := now.Add(r.TTL()).UnixNano()
 	refreshAt := now.Add(r.opts.Refresh).UnixNano()
 	out := clone(key)
 	e := newEntry(key, exp, refreshAt)
@@ -455,7 +499,7 @@ func (r *Ring) persist(id string, e *entry, now time.Time) {
 		return
 	}
 	defer e.release()
-	if err := r.store.put(id, e.key, e.expires, now); err != nil {
+	if err := r.store.put(id, e.key, e.expires.Load(), now); err != nil {
 		r.log.Error("cannot cache KEK in badger; it stays in memory only", "kek", id, "err", err)
 	}
 }
@@ -473,7 +517,9 @@ func (r *Ring) storeGet(id string, now time.Time) (objcrypt.Key, int64, bool) {
 		r.log.Error("cannot read KEK from badger; asking the KMS", "kek", id, "err", err)
 		return nil, 0, false
 	}
-	return k, exp, ok
+	// Stored at the TTL of its day; a TTL shortened since (SetTTL, a new
+	// --key-ttl) bounds it too.
+	return k, min(exp, now.Add(r.TTL()).UnixNano()), ok
 }
 
 // drop removes id from the hot map and badger and stops an in-flight
@@ -526,7 +572,7 @@ func (r *Ring) refresh(id string, e *entry) {
 		retry := min(refreshRetry, r.opts.Refresh)
 		e.refreshAt.Store(r.opts.Now().Add(retry).UnixNano())
 		r.log.Warn("KEK refresh failed; serving the cached key until it expires",
-			"kek", id, "expires", time.Unix(0, e.expires), "err", err)
+			"kek", id, "expires", time.Unix(0, e.expires.Load()), "err", err)
 	}
 	e.refreshing.Store(false)
 	r.finish(id, c, k, err, false)
@@ -559,7 +605,7 @@ func (r *Ring) sweep() {
 	var expired []*entry
 	r.mu.Lock()
 	for id, e := range r.hot {
-		if now >= e.expires {
+		if now >= e.expires.Load() {
 			delete(r.hot, id)
 			expired = append(expired, e)
 		}

@@ -571,3 +571,64 @@ func (l *lockedStringWriter) Write(p []byte) (int, error) {
 
 // The KMIP client is the production KeySource; keep the contract compiling.
 var _ keyring.KeySource = (*kmipclient.Client)(nil)
+
+// TestSetTTL: a shortened TTL applies at once to keys already cached (in
+// memory and on disk, where a restart would otherwise serve them for the
+// old TTL) and a new TTL to every key the KMS hands out afterwards.
+func TestSetTTL(t *testing.T) {
+	forEachMode(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		r := e.open(t)
+		k1, k2 := e.kms.add("vm1"), e.kms.add("vm2")
+		mustKEK(t, r, "vm1", k1)
+		if err := r.SetTTL(0); err == nil {
+			t.Error("SetTTL(0) accepted")
+		}
+		if err := r.SetTTL(10 * time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.TTL(); got != 10*time.Minute {
+			t.Fatalf("TTL() = %v after SetTTL(10m)", got)
+		}
+		e.kms.setDown(kmipclient.ErrUnavailable)
+		e.clk.Advance(9 * time.Minute)
+		mustKEK(t, r, "vm1", k1)
+		e.clk.Advance(2 * time.Minute)
+		if _, err := r.KEK(ctx, "vm1"); !errors.Is(err, keyring.ErrKeyUnavailable) {
+			t.Fatalf("vm1 11 min after the TTL became 10 min, KMS down: %v, want ErrKeyUnavailable", err)
+		}
+
+		// A longer TTL is what keys fetched from now on get.
+		e.kms.setDown(nil)
+		if err := r.SetTTL(2 * time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		mustKEK(t, r, "vm2", k2)
+		e.kms.setDown(kmipclient.ErrUnavailable)
+		e.clk.Advance(90 * time.Minute)
+		mustKEK(t, r, "vm2", k2)
+	})
+}
+
+// TestSetTTLOnDisk: the on-disk copy of a key is shortened too, so the
+// next mount cannot serve it without the KMS past the shortened TTL.
+func TestSetTTLOnDisk(t *testing.T) {
+	e := newEnv(t, keyring.CacheDisk)
+	r := e.open(t)
+	k1 := e.kms.add("vm1")
+	mustKEK(t, r, "vm1", k1)
+	if err := r.SetTTL(10 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.open(t) // Options.TTL is still 1h, as after a restart with the old config
+	e.kms.setDown(kmipclient.ErrUnavailable)
+	e.clk.Advance(9 * time.Minute)
+	mustKEK(t, r2, "vm1", k1)
+	e.clk.Advance(2 * time.Minute)
+	if _, err := r2.KEK(context.Background(), "vm1"); !errors.Is(err, keyring.ErrKeyUnavailable) {
+		t.Fatalf("vm1 from disk 11 min after the TTL became 10 min: %v, want ErrKeyUnavailable", err)
+	}
+}

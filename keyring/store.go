@@ -150,6 +150,56 @@ func (s *store) put(id string, key objcrypt.Key, exp int64, now time.Time) error
 	return nil
 }
 
+// capExpiry brings the expiry of every stored key later than limit
+// forward to limit (a shortened TTL), so a key cannot be served from disk
+// after a restart for longer than the TTL now in force allows.
+func (s *store) capExpiry(limit int64, now time.Time) error {
+	if limit <= now.UnixNano() {
+		limit = now.UnixNano() + 1
+	}
+	var values [][]byte
+	defer func() {
+		for _, v := range values {
+			clear(v)
+		}
+	}()
+	err := s.db.Update(func(txn *badger.Txn) error {
+		var entries []*badger.Entry
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyPrefix)})
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			err := item.Value(func(v []byte) error {
+				if len(v) != valueHeader+objcrypt.KeySize || v[0] != valueVersion {
+					return nil // get reports and skips it
+				}
+				if int64(binary.BigEndian.Uint64(v[1:valueHeader])) <= limit {
+					return nil
+				}
+				nv := encodeValue(objcrypt.Key(v[valueHeader:]), limit)
+				values = append(values, nv)
+				ttl := time.Duration(limit - now.UnixNano())
+				entries = append(entries, badger.NewEntry(item.KeyCopy(nil), nv).WithTTL(ttl+time.Second))
+				return nil
+			})
+			if err != nil {
+				it.Close()
+				return err
+			}
+		}
+		it.Close()
+		for _, e := range entries {
+			if err := txn.SetEntry(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keyring: shorten cached expiries: %w", err)
+	}
+	return nil
+}
+
 func encodeValue(key objcrypt.Key, exp int64) []byte {
 	v := make([]byte, valueHeader, valueHeader+len(key))
 	v[0] = valueVersion

@@ -81,7 +81,7 @@ func mountCommand() *cli.Command {
 			"as soon as the last one is closed.\n\n" +
 			"As a service: with NOTIFY_SOCKET set (systemd Type=notify) it sends READY=1 once\n" +
 			"mounted and STOPPING=1 when unmounting; SIGHUP re-reads --config and applies\n" +
-			"log-format and debug at once (other changes are logged as needing a remount).",
+			"log-format, debug and key-ttl at once (other changes are logged as needing a remount).",
 		Flags: flags,
 		Before: func(c *cli.Context) error {
 			for _, f := range flags {
@@ -276,7 +276,8 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	log.Info("mounted", "datastore", datastore, "mountpoint", mnt, "datastore_id", dsID, "key_cache", c.String("key-cache"))
 	notify(log, "READY=1\nSTATUS=serving "+mnt)
 	rl := &reloader{c: c, pinned: pinned, file: c.String("config"), logs: logs, log: log,
-		live: liveSettings{logFormat: c.String("log-format"), debug: c.Bool("debug")}}
+		live:      liveSettings{logFormat: c.String("log-format"), debug: c.Bool("debug"), keyTTL: ring.TTL()},
+		setKeyTTL: ring.SetTTL}
 	return serveUntilUnmounted(c.Context, server, mnt, log, func() {
 		notify(log, "RELOADING=1")
 		if err := rl.reload(); err != nil {

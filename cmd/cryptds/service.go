@@ -123,6 +123,7 @@ func (h *switchHandler) WithGroup(name string) slog.Handler {
 type liveSettings struct {
 	logFormat string
 	debug     bool
+	keyTTL    time.Duration
 }
 
 // reloader re-reads the --config file on SIGHUP.
@@ -133,6 +134,8 @@ type reloader struct {
 	logs   *logControl
 	log    *slog.Logger
 	live   liveSettings
+	// setKeyTTL changes the key ring's TTL (keyring.Ring.SetTTL).
+	setKeyTTL func(time.Duration) error
 }
 
 // reload re-reads the config file, applies what can change live and logs
@@ -180,6 +183,19 @@ func (r *reloader) reload() error {
 				next.debug = b
 				applied = append(applied, k)
 			}
+		case "key-ttl":
+			str, ok := v.(string)
+			if !ok {
+				return fmt.Errorf("reload %s: key-ttl must be a duration string such as \"1h\"", r.file)
+			}
+			d, err := time.ParseDuration(str)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("reload %s: key-ttl %q is not a positive duration", r.file, str)
+			}
+			if d != next.keyTTL {
+				next.keyTTL = d
+				applied = append(applied, k)
+			}
 		default:
 			if !sameValue(r.c, k, v) {
 				remount = append(remount, k)
@@ -189,6 +205,11 @@ func (r *reloader) reload() error {
 	if len(applied) > 0 {
 		if err := r.logs.set(next.logFormat, next.debug); err != nil {
 			return fmt.Errorf("reload %s: %w", r.file, err)
+		}
+		if next.keyTTL != r.live.keyTTL && r.setKeyTTL != nil {
+			if err := r.setKeyTTL(next.keyTTL); err != nil {
+				return fmt.Errorf("reload %s: key-ttl: %w", r.file, err)
+			}
 		}
 		r.live = next
 	}
