@@ -171,6 +171,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	}
 	setMemoryLimit(log)
 	raiseOpenFileLimit(log)
+	forbidCoreDumps(log)
 	datastore, err := filepath.Abs(c.Args().Get(0))
 	if err != nil {
 		return withCode(ExitUsage, err)
