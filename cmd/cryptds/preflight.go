@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pkg/xattr"
 
@@ -71,8 +72,7 @@ func detachDeadMounts(datastore string) ([]string, error) {
 		if m.Source != fsName(datastore) || !strings.HasPrefix(m.FSType, "fuse") {
 			continue
 		}
-		var fs syscall.Statfs_t // never answered from the kernel's caches, unlike stat
-		if err := syscall.Statfs(m.Point, &fs); !errors.Is(err, syscall.ENOTCONN) {
+		if !connectionGone(m.Point) {
 			continue
 		}
 		if err := syscall.Unmount(m.Point, syscall.MNT_DETACH); err != nil {
@@ -83,11 +83,31 @@ func detachDeadMounts(datastore string) ([]string, error) {
 	return detached, nil
 }
 
+// deadMountProbe bounds the wait for a FUSE mount to answer statfs: a
+// daemon that is stopped or stuck holds the call, and is not a dead one.
+const deadMountProbe = 2 * time.Second
+
+// connectionGone reports whether path is on a FUSE mount whose daemon has
+// gone (ENOTCONN). It asks with statfs, which the kernel never answers from
+// a cache, unlike stat.
+func connectionGone(path string) bool {
+	res := make(chan error, 1)
+	go func() {
+		var fs syscall.Statfs_t
+		res <- syscall.Statfs(path, &fs)
+	}()
+	select {
+	case err := <-res:
+		return errors.Is(err, syscall.ENOTCONN)
+	case <-time.After(deadMountProbe):
+		return false
+	}
+}
+
 // checkMountpoint refuses a missing, non-directory, non-empty or already
 // mounted mountpoint, and a datastore that is already mounted by cryptds.
 func checkMountpoint(mnt, datastore string) error {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(mnt, &fs); errors.Is(err, syscall.ENOTCONN) {
+	if connectionGone(mnt) {
 		return withCode(ExitMount, fmt.Errorf("mountpoint %s is a FUSE mount whose daemon is gone; unmount it first (cryptds umount %s)", mnt, mnt))
 	}
 	st, err := os.Stat(mnt)
