@@ -71,8 +71,9 @@
 //
 // Fallocate COLLAPSE_RANGE, INSERT_RANGE and UNSHARE_RANGE (the kernel's
 // FUSE refuses them, EOPNOTSUPP, before any daemon sees them), lock
-// forwarding to the backing store, ioctls (FICLONE and
-// friends), and atime updates from reads of encrypted files (backing files
-// are opened O_NOATIME so the daemon's own header and edge-block reads do
-// not count as accesses).
+// forwarding to the backing store, ioctls (FICLONE, FIEMAP and friends),
+// and atime updates from reads (the mount's page cache serves most reads
+// without the daemon, and backing files of encrypted objects are opened
+// O_NOATIME so the daemon's own header and edge-block reads do not count
+// as accesses).
 package fs

@@ -21,10 +21,16 @@ import (
 // dropped: invalidating a directory entry would also detach anything
 // mounted below it, and there are few of them next to files.
 type pathFDLimit struct {
-	mu    sync.Mutex
-	open  list.List // non-directory *node holding a descriptor that can be found again by name, oldest first
-	limit int
-	wake  chan struct{}
+	mu   sync.Mutex
+	open list.List // non-directory *node holding a descriptor that can be found again by name, oldest first
+	// wakeAt is the held count past which added wakes the evictor: the
+	// limit, or after a round, another quarter of it beyond what that
+	// round left. Forgets arrive later than the round, and entries in use
+	// are not forgotten at all, so waking on every add past the limit
+	// would send the same invalidations again for each new descriptor.
+	wakeAt int
+	limit  int
+	wake   chan struct{}
 }
 
 // pathFDShare is the part of the process's descriptor limit nodes may hold:
@@ -45,7 +51,7 @@ func defaultPathFDLimit() int {
 }
 
 func newPathFDLimit(limit int) *pathFDLimit {
-	return &pathFDLimit{limit: limit, wake: make(chan struct{}, 1)}
+	return &pathFDLimit{limit: limit, wakeAt: limit, wake: make(chan struct{}, 1)}
 }
 
 // added records that n opened its descriptor and wakes the evictor when
@@ -53,7 +59,7 @@ func newPathFDLimit(limit int) *pathFDLimit {
 func (l *pathFDLimit) added(n *node) {
 	l.mu.Lock()
 	n.pfd.elem = l.open.PushBack(n)
-	over := l.open.Len() > l.limit
+	over := l.open.Len() > l.wakeAt
 	l.mu.Unlock()
 	if over {
 		select {
@@ -70,6 +76,9 @@ func (l *pathFDLimit) removed(p *pathFD) {
 		l.open.Remove(p.elem)
 		p.elem = nil
 	}
+	if l.open.Len() <= l.limit {
+		l.wakeAt = l.limit
+	}
 	l.mu.Unlock()
 }
 
@@ -80,9 +89,10 @@ func (l *pathFDLimit) held() int {
 	return l.open.Len()
 }
 
-// oldest returns up to n of the oldest entries and moves them to the back,
-// so entries the kernel keeps (in use) do not stop the next round from
-// reaching others.
+// oldest returns up to n of the oldest entries for a round and moves them
+// to the back, so entries the kernel keeps (in use) do not stop the next
+// round from reaching others; the next round waits for another quarter of
+// the limit to be added (wakeAt).
 func (l *pathFDLimit) oldest(n int) []*node {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -91,12 +101,12 @@ func (l *pathFDLimit) oldest(n int) []*node {
 		out = append(out, e.Value.(*node))
 		l.open.MoveToBack(e)
 	}
+	l.wakeAt = l.open.Len() + l.limit/4
 	return out
 }
 
-// evict runs until stop is closed: each time the limit is passed it asks
-// the kernel to drop the entries of the oldest quarter of the limit beyond
-// three quarters of it.
+// evict runs until stop is closed: each time it is woken it asks the
+// kernel to drop the oldest entries beyond three quarters of the limit.
 func (l *pathFDLimit) evict(stop <-chan struct{}) {
 	for {
 		select {
