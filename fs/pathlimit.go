@@ -41,13 +41,19 @@ const pathFDShare = 2
 // minPathFDs keeps eviction from churning on a tiny limit.
 const minPathFDs = 256
 
-// defaultPathFDLimit is pathFDShare-th of RLIMIT_NOFILE.
+// defaultPathFDLimit is pathFDLimitFor the process's RLIMIT_NOFILE.
 func defaultPathFDLimit() int {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return 1 << 14
 	}
-	return max(minPathFDs, int(min(lim.Cur, 1<<30))/pathFDShare)
+	return pathFDLimitFor(lim.Cur)
+}
+
+// pathFDLimitFor is the share of an open-file limit nodes may hold: half,
+// and at least minPathFDs.
+func pathFDLimitFor(nofile uint64) int {
+	return max(minPathFDs, int(min(nofile, 1<<30))/pathFDShare)
 }
 
 func newPathFDLimit(limit int) *pathFDLimit {

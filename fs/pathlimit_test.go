@@ -79,3 +79,20 @@ func openDescriptors(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+func TestPathFDLimitFor(t *testing.T) {
+	for _, tc := range []struct {
+		nofile uint64
+		want   int
+	}{
+		{1024, 512},
+		{20000, 10000},
+		{1 << 20, 1 << 19},
+		{300, minPathFDs},
+		{1 << 62, 1 << 29}, // RLIM_INFINITY-sized limits stay an int
+	} {
+		if got := pathFDLimitFor(tc.nofile); got != tc.want {
+			t.Errorf("pathFDLimitFor(%d) = %d, want %d", tc.nofile, got, tc.want)
+		}
+	}
+}
