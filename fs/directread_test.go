@@ -39,7 +39,9 @@ func testDirectLargeReads(t *testing.T, flags int) {
 		{"from the last bytes", size - 10, 256 << 10},
 		{"past the end", size + 5, 256 << 10},
 	}
-	for _, cached := range []bool{false, true} {
+	// round reads everything once, with the backing pages cached or
+	// evicted first, and returns the bytes the daemon read with O_DIRECT.
+	round := func(cached bool) uint64 {
 		back := mustOpenFd(t, tf.b("vm/disk"))
 		if cached {
 			cacheBacking(t, tf.b("vm/disk"))
@@ -63,13 +65,23 @@ func testDirectLargeReads(t *testing.T, flags int) {
 				t.Errorf("cached=%v %s: read %d bytes that differ from the %d written", cached, r.name, n, len(exp))
 			}
 		}
-		direct := tf.root.Stats().BytesReadDirect - before
-		if cached && direct != 0 {
-			t.Errorf("cached backing pages: %d bytes read with O_DIRECT, want 0", direct)
+		return tf.root.Stats().BytesReadDirect - before
+	}
+	if direct := round(false); direct == 0 {
+		t.Error("evicted backing pages: nothing read with O_DIRECT")
+	}
+	// Now and then the kernel evicts a page or two of the freshly read
+	// backing file before the reads reach it (cachestat: 774 of 776 pages
+	// left, about 1 run in 100), which rightly sends that request to the
+	// disk. A daemon that ignored the cache would read directly every time.
+	var direct uint64
+	for range 3 {
+		if direct = round(true); direct == 0 {
+			break
 		}
-		if !cached && direct == 0 {
-			t.Error("evicted backing pages: nothing read with O_DIRECT")
-		}
+	}
+	if direct != 0 {
+		t.Errorf("cached backing pages: %d bytes read with O_DIRECT in each of 3 rounds, want 0", direct)
 	}
 }
 
