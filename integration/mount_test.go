@@ -114,7 +114,7 @@ func killAndReread(t *testing.T, m *mountProc, f *os.File, remount func() *mount
 	}
 	got, err := os.ReadFile(f.Name())
 	if err != nil {
-		t.Fatalf("read after crash: %v (a block failed authentication?)", err)
+		t.Fatalf("read after crash: %v (a block failed authentication?)\nthe new daemon's log:\n%s", err, m.stderr.String())
 	}
 	return m, got
 }
