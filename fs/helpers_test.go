@@ -24,11 +24,24 @@ type fakeKeys struct {
 	keys map[string]objcrypt.Key
 	n    int
 	fail error // returned by KEK when set
+	// delay makes KEK take this long, or fail with the context's error
+	// if the context ends first (a slow KMS).
+	delay time.Duration
 }
 
 func newFakeKeys() *fakeKeys { return &fakeKeys{keys: map[string]objcrypt.Key{}} }
 
 func (k *fakeKeys) KEK(ctx context.Context, id string) (objcrypt.Key, error) {
+	k.mu.Lock()
+	delay := k.delay
+	k.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("fake KMS: %w", ctx.Err())
+		}
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.fail != nil {

@@ -79,6 +79,8 @@ func (r *Root) unwrapObject(ctx context.Context, hdr *objcrypt.Header, path stri
 	if r.isShredded(hdr.KEKID, hdr.VMID) {
 		return nil, r.errShredded(path, hdr.KEKID)
 	}
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
 	kek, err := r.cfg.Keys.KEK(ctx, hdr.KEKID)
 	if err != nil {
 		r.stats.keyErr.Add(1)

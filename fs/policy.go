@@ -74,6 +74,8 @@ func (r *Root) policyText(d *node, dfd int) string {
 // "none" removes the policy (only new files are affected either way).
 // "rekey", "rekey-deep" and "shred" act on an existing policy (rekey.go).
 func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) error {
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
 	v := strings.TrimSpace(string(value))
 	switch v {
 	case "none":

@@ -82,6 +82,8 @@ func (r *Root) newWrap(ctx context.Context, d *node, pol *objcrypt.Policy, deep 
 
 // unwrapPolicy returns the DEK of a policy (caller zeroes it).
 func (r *Root) unwrapPolicy(ctx context.Context, pol *objcrypt.Policy) (objcrypt.Key, error) {
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
 	kek, err := r.cfg.Keys.KEK(ctx, pol.KEKID)
 	if err != nil {
 		return nil, kmsError(fmt.Errorf("fetch KEK %s: %w", pol.KEKID, err))
@@ -300,6 +302,8 @@ func rewriteHeader(fd int, h *objcrypt.Header) error {
 
 // unwrapHeader returns the DEK of an object header (caller zeroes it).
 func (r *Root) unwrapHeader(ctx context.Context, h *objcrypt.Header) (objcrypt.Key, error) {
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
 	kek, err := r.cfg.Keys.KEK(ctx, h.KEKID)
 	if err != nil {
 		return nil, kmsError(fmt.Errorf("fetch KEK %s: %w", h.KEKID, err))
