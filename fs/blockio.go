@@ -183,7 +183,7 @@ func (u *undo) save(off uint64, b *[]byte) { u.saved = append(u.saved, savedRang
 // restore puts the old stored bytes back and cuts the file to its old size.
 func (u *undo) restore(cause error) {
 	for _, s := range u.saved {
-		if err := pwriteFull(u.f.fd, *s.buf, int64(s.off)); err != nil {
+		if _, err := u.f.storeAt(unix.Pwrite, *s.buf, int64(s.off)); err != nil {
 			u.f.r.log.Error("cryptds: cannot restore blocks after a failed write", "file", u.f.n.relPath(), "cause", cause, "err", err)
 		}
 	}
@@ -277,7 +277,7 @@ func (f *cryptFile) writeAt(data []byte, off uint64) error {
 		return err
 	}
 	f.r.stats.encrypted(len(plain))
-	if err := pwriteFull(f.fd, enc, int64(cOff)); err != nil {
+	if _, err := f.storeAt(unix.Pwrite, enc, int64(cOff)); err != nil {
 		u.restore(err)
 		return err
 	}
@@ -346,7 +346,8 @@ func (f *cryptFile) rewriteBlock(u *undo, blk, csize, newLen uint64, zero *[2]ui
 		return err
 	}
 	f.r.stats.encrypted(len(plain))
-	return pwriteFull(f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk)))
+	_, err = f.storeAt(unix.Pwrite, enc, int64(objcrypt.CipherOffsetOfBlock(blk)))
+	return err
 }
 
 // truncateLocked sets the plaintext size: a shrink re-encrypts the new
@@ -429,7 +430,7 @@ func (f *cryptFile) shrinkBlock(u *undo, blk uint64, old []byte, size uint64) er
 	if marked {
 		defer f.unmarkShrink()
 	}
-	if _, err := pwriteCounted(f.r.pwrite, f.fd, enc, int64(objcrypt.CipherOffsetOfBlock(blk))); err != nil {
+	if _, err := f.storeAt(f.r.pwrite, enc, int64(objcrypt.CipherOffsetOfBlock(blk))); err != nil {
 		u.restore(err)
 		return err
 	}
@@ -567,10 +568,16 @@ func (f *cryptFile) writeWholeBlocks(data []byte, off uint64) (handled bool, tri
 		return true, nil, err
 	}
 	f.r.stats.encrypted(len(data))
-	written, err := pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
+	store := func(fd int) (int, error) {
+		if fd == f.fd {
+			return f.storeAt(f.r.pwrite, enc, int64(cOff))
+		}
+		return pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
+	}
+	written, err := store(fd)
 	if fd != f.fd && f.directRefused(err, written) {
 		fd = f.fd
-		written, err = pwriteCounted(f.r.pwrite, fd, enc, int64(cOff))
+		written, err = store(fd)
 	}
 	if fd != f.fd {
 		f.r.stats.directWrite.Add(uint64(written))

@@ -51,4 +51,8 @@ type Config struct {
 	// MaxPathFDs bounds the O_PATH descriptors the node tree keeps
 	// (pathlimit.go); 0 means half of RLIMIT_NOFILE.
 	MaxPathFDs int
+	// JournalPath is the file that records the block writes in flight, so
+	// that a killed daemon leaves no block half written (journal.go); it
+	// belongs to this datastore and this host. Empty: no journal.
+	JournalPath string
 }

@@ -110,6 +110,8 @@ type testOpts struct {
 	readAroundLimit int64
 	// maxPathFDs is Config.MaxPathFDs (0: the default).
 	maxPathFDs int
+	// journal is Config.JournalPath: "" a new one in a temp dir, "-" none.
+	journal string
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -136,6 +138,13 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 
 		ReadAroundLimit: o.readAroundLimit,
 		MaxPathFDs:      o.maxPathFDs,
+		JournalPath:     o.journal,
+	}
+	switch o.journal {
+	case "":
+		cfg.JournalPath = filepath.Join(t.TempDir(), "journal")
+	case "-":
+		cfg.JournalPath = ""
 	}
 	r, err := NewRoot(cfg)
 	if err != nil {
@@ -156,6 +165,10 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 		var err error
 		for i := 0; i < 50; i++ {
 			if err = srv.Unmount(); err == nil {
+				srv.Wait()
+				if err := r.Close(); err != nil {
+					t.Errorf("close %s: %v", tf.mnt, err)
+				}
 				return
 			}
 			time.Sleep(100 * time.Millisecond)

@@ -28,6 +28,9 @@ type objState struct {
 	kek     string
 	vm      objcrypt.VMID
 	revoked atomic.Bool
+	// target names the backing file in journal entries (journal.go);
+	// nil: writes of this object are not journaled.
+	target []byte
 }
 
 // acquireObject returns the node's open object for hdr, unwrapping the DEK
@@ -53,6 +56,9 @@ func (n *node) acquireObject(ctx context.Context, fd int, hdr *objcrypt.Header) 
 	}
 	n.r.finishShrink(fd, obj, n.relPath())
 	o := &objState{obj: obj, id: hdr.ObjectID, refs: 1, kek: hdr.KEKID, vm: hdr.VMID}
+	if n.r.journal != nil {
+		o.target = journalTarget(fd, hdr.ObjectID)
+	}
 	n.obj = o
 	n.r.objMu.Lock()
 	n.r.live[o] = n

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/cryptds/cryptds/journal"
 	"github.com/cryptds/cryptds/objcrypt"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -26,8 +27,9 @@ type Root struct {
 	rootDev uint64
 	stats   counters
 	bufs    bufPools
-	pwrite  ioAtFunc // unix.Pwrite for whole-block writes and truncates into a block; tests inject failures
-	pread   ioAtFunc // unix.Pread for O_DIRECT backing reads; tests inject refusals
+	pwrite  ioAtFunc         // unix.Pwrite for whole-block writes and truncates into a block; tests inject failures
+	pread   ioAtFunc         // unix.Pread for O_DIRECT backing reads; tests inject refusals
+	journal *journal.Journal // nil: no journal (Config.JournalPath)
 
 	readAroundLimit uint64 // Config.ReadAroundLimit resolved
 	pathFDs         *pathFDLimit
@@ -95,6 +97,12 @@ func NewRoot(cfg Config) (*Root, error) {
 	r.pathFDs = newPathFDLimit(limit)
 	r.node.r = r
 	r.node.pfd = &pathFD{fd: fd, root: true, lim: r.pathFDs}
+	if cfg.JournalPath != "" {
+		if err := r.openJournal(cfg.JournalPath); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("fs: %w", err)
+		}
+	}
 	return r, nil
 }
 

@@ -10,7 +10,7 @@ GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-60s}
 targets=(
 	"./objcrypt FuzzParseHeader" "./objcrypt FuzzParsePolicy" "./objcrypt FuzzDecryptBlock"
-	"./objcrypt FuzzOffsets" "./internal/mountinfo FuzzParse"
+	"./objcrypt FuzzOffsets" "./internal/mountinfo FuzzParse" "./journal FuzzParse"
 )
 failed=0
 for t in "${targets[@]}"; do

@@ -250,6 +250,10 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	log.Debug("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "crypto_workers", cpus)
 	pool := objcrypt.NewPool(cpus, 0)
 	defer pool.Close()
+	journalDir := filepath.Join(c.String("state-dir"), "journal")
+	if err := os.MkdirAll(journalDir, 0o700); err != nil {
+		return withCode(ExitMount, fmt.Errorf("journal directory: %w", err))
+	}
 	fcfg := cfs.Config{
 		Backing:     datastore,
 		Keys:        mountKeys{ring},
@@ -257,6 +261,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		Logger:      log,
 		DatastoreID: dsID,
 		KMSName:     ks.kmsID,
+		JournalPath: filepath.Join(journalDir, dsID),
 	}
 	if exp != nil {
 		fcfg.Observe = exp.ObserveOp
@@ -265,6 +270,11 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
 	}
+	defer func() {
+		if err := root.Close(); err != nil {
+			log.Error("close the write journal", "err", err)
+		}
+	}()
 	server, err := cfs.MountRoot(mnt, root, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore)})
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
