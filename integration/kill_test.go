@@ -1,0 +1,233 @@
+//go:build integration
+
+package integration
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The kill tests run a loop of file operations on their own goroutine and
+// kill the daemon with SIGKILL while it runs, so the kill lands inside
+// whatever the daemon is doing: an encryption, a pwrite of a block
+// rewrite, the two steps of a truncate. A process kill keeps the backing
+// store's page cache, so after a remount everything an operation that
+// returned success did must read back, not only what was fsync'd; the one
+// operation in flight may have happened, in part (whole blocks), or not at
+// all. And no block may fail authentication.
+
+// fileOp is one step of a kill test's loop.
+type fileOp struct {
+	kind string // "write", "truncate" or "fsync"
+	off  int    // write
+	data []byte // write
+	size int    // truncate
+}
+
+func (o *fileOp) do(f *os.File) error {
+	switch o.kind {
+	case "write":
+		_, err := f.WriteAt(o.data, int64(o.off))
+		return err
+	case "truncate":
+		return f.Truncate(int64(o.size))
+	default:
+		return f.Sync()
+	}
+}
+
+// applyTo returns the file content after o, given the content before.
+func (o *fileOp) applyTo(model []byte) []byte {
+	switch o.kind {
+	case "write":
+		if end := o.off + len(o.data); end > len(model) {
+			model = append(model, make([]byte, end-len(model))...)
+		}
+		copy(model[o.off:], o.data)
+	case "truncate":
+		if o.size < len(model) {
+			return model[:o.size]
+		}
+		return append(model, make([]byte, o.size-len(model))...)
+	}
+	return model
+}
+
+// killDuringLoop runs next(0), next(1), ... on f until the daemon, killed
+// after killAfter, makes an operation fail. It returns the content every
+// completed operation leaves and the operation that was in flight.
+func killDuringLoop(t *testing.T, m *mountProc, f *os.File, killAfter time.Duration, next func(i int) *fileOp) (model []byte, inflight *fileOp) {
+	t.Helper()
+	type result struct {
+		err  error
+		op   *fileOp
+		done int
+	}
+	stopped := make(chan result, 1)
+	go func() {
+		for i := 0; ; i++ {
+			op := next(i)
+			if err := op.do(f); err != nil {
+				stopped <- result{err, op, i}
+				return
+			}
+			model = op.applyTo(model)
+		}
+	}()
+	select {
+	case r := <-stopped:
+		t.Fatalf("%s failed before the kill: %v", r.op.kind, r.err)
+	case <-time.After(killAfter):
+	}
+	m.kill()
+	r := <-stopped
+	if !errors.Is(r.err, syscall.ENOTCONN) && !errors.Is(r.err, syscall.ECONNABORTED) {
+		t.Fatalf("%s after the kill: %v, want ENOTCONN or ECONNABORTED", r.op.kind, r.err)
+	}
+	if r.done < 20 {
+		t.Fatalf("only %d operations before the kill", r.done)
+	}
+	t.Logf("killed after %d operations, in a %s", r.done, r.op.kind)
+	return model, r.op
+}
+
+// rereadAfterKill closes f, mounts again and reads f's file whole through
+// the new mount; a read error (a block that fails authentication, say)
+// fails the test with the new daemon's log, which names file and block.
+func rereadAfterKill(t *testing.T, m *mountProc, f *os.File, remount func() *mountProc) (*mountProc, []byte) {
+	t.Helper()
+	f.Close()
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(m.mnt, &fs); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("statfs of the killed mount: %v, want ENOTCONN", err)
+	}
+	m = remount() // must detach the dead mount itself, as a restart would
+	said := func() bool { return strings.Contains(m.stderr.String(), "detached the dead mount") }
+	if !waitFor(5*time.Second, said) { // the log reaches us through a pipe copier
+		t.Errorf("the new daemon did not say it detached the dead mount:\n%s", m.stderr.String())
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatalf("read after crash: %v\nthe new daemon's log:\n%s", err, m.stderr.String())
+	}
+	log := m.stderr.String()
+	if strings.Contains(log, "failed authentication") {
+		t.Errorf("the mount logged an authentication failure:\n%s", log)
+	}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "left in flight") {
+			t.Log(l)
+		}
+	}
+	return m, got
+}
+
+// checkAfterKill compares the file read after the kill with model, the
+// content every completed operation left; inflight, the operation the
+// kill interrupted, may have changed each of its blocks or not. A
+// truncate that shrinks is recorded and happens whole or not at all; one
+// that grows a file whose last block is partial first re-encrypts that
+// block as a longer one, so a kill between that and the extension leaves
+// the file grown with zeros to the block's end (docs/FORMAT.md §7.1).
+func checkAfterKill(t *testing.T, got, model []byte, inflight *fileOp) {
+	t.Helper()
+	if inflight.kind == "truncate" {
+		after := inflight.applyTo(append([]byte(nil), model...))
+		grown := inflight.size > len(model) && len(got) >= len(model) && len(got) <= inflight.size &&
+			string(got) == string(after[:len(got)])
+		if string(got) != string(model) && string(got) != string(after) && !grown {
+			t.Fatalf("after a kill in a truncate to %d: %d bytes, matching neither the %d bytes before nor the content after it", inflight.size, len(got), len(model))
+		}
+		return
+	}
+	lo, hi := len(model), len(model)
+	if inflight.kind == "write" {
+		hi = max(hi, inflight.off+len(inflight.data))
+	}
+	if len(got) < lo || len(got) > hi {
+		t.Fatalf("file is %d bytes after the kill, want %d..%d", len(got), lo, hi)
+	}
+	for i, b := range got {
+		var old byte
+		if i < len(model) {
+			old = model[i]
+		}
+		if b == old {
+			continue
+		}
+		if j := i - inflight.off; inflight.kind == "write" && j >= 0 && j < len(inflight.data) && b == inflight.data[j] {
+			continue
+		}
+		t.Fatalf("byte %d: got %#x, want %#x (file %d bytes, in flight: %s)", i, b, old, len(got), inflight.kind)
+	}
+}
+
+// TestKillDuringWrite kills the daemon during a loop of writes of up to
+// 64 KiB at random offsets of a disk image, with an fsync now and then.
+func TestKillDuringWrite(t *testing.T) {
+	requireRoot(t)
+	for seed := range uint64(3) {
+		t.Run(string(rune('a'+seed)), func(t *testing.T) {
+			m, vm, remount := devMountWithVM(t)
+			f, err := os.OpenFile(filepath.Join(vm, "disk.raw"), os.O_RDWR|os.O_CREATE, 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(seed, 42))
+			killAfter := time.Duration(300+rng.IntN(700)) * time.Millisecond
+			model, inflight := killDuringLoop(t, m, f, killAfter, func(i int) *fileOp {
+				if i%4 == 3 {
+					return &fileOp{kind: "fsync"}
+				}
+				return &fileOp{kind: "write", off: rng.IntN(8<<20 - 70000), data: seededBytes(rng, 1+rng.IntN(65536))}
+			})
+			m, got := rereadAfterKill(t, m, f, remount)
+			checkAfterKill(t, got, model, inflight)
+			m.stop()
+		})
+	}
+}
+
+// TestKillDuringTruncate kills the daemon during a loop of small writes
+// and truncates that end inside a block (each a block rewrite and a cut,
+// recorded first: docs/FORMAT.md §7.1), with an fsync now and then. fs's
+// TestTruncateIntoBlockCrash builds each crash state of one truncate on
+// purpose; this checks the real binary end to end.
+func TestKillDuringTruncate(t *testing.T) {
+	requireRoot(t)
+	for seed := range uint64(3) {
+		t.Run(string(rune('a'+seed)), func(t *testing.T) {
+			m, vm, remount := devMountWithVM(t)
+			f, err := os.OpenFile(filepath.Join(vm, "nvram.bin"), os.O_RDWR|os.O_CREATE, 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(seed, 7))
+			const maxSize = 256 << 10
+			killAfter := time.Duration(300+rng.IntN(700)) * time.Millisecond
+			model, inflight := killDuringLoop(t, m, f, killAfter, func(i int) *fileOp {
+				switch {
+				case i%5 == 4:
+					return &fileOp{kind: "fsync"}
+				case rng.IntN(2) == 0:
+					size := rng.IntN(maxSize)
+					if size%4096 == 0 {
+						size++ // into a block: the recorded path
+					}
+					return &fileOp{kind: "truncate", size: size}
+				default:
+					return &fileOp{kind: "write", off: rng.IntN(maxSize - 8192), data: seededBytes(rng, 1+rng.IntN(8192))}
+				}
+			})
+			m, got := rereadAfterKill(t, m, f, remount)
+			checkAfterKill(t, got, model, inflight)
+			m.stop()
+		})
+	}
+}
