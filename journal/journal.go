@@ -116,7 +116,7 @@ func Open(path string, slots, maxData int) (*Journal, []Record, error) {
 	if err := f.Truncate(0); err != nil {
 		return fail(err)
 	}
-	if err := f.Truncate(int64(size)); err != nil {
+	if err := allocate(f, size); err != nil {
 		return fail(err)
 	}
 	j.mem, err = unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -267,6 +267,21 @@ func (j *Journal) Close() error {
 		}
 	}
 	return errors.Join(err, j.f.Close())
+}
+
+// allocate gives the journal file its size with every block allocated: a
+// store into a mapped page of a sparse file makes the filesystem allocate
+// at fault time, and a full filesystem answers that with SIGBUS, which
+// would kill the daemon at its next write. Better to refuse at the start.
+func allocate(f *os.File, size int) error {
+	err := unix.Fallocate(int(f.Fd()), 0, 0, int64(size))
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		_, err = f.WriteAt(make([]byte, size), 0)
+	}
+	if err != nil {
+		return fmt.Errorf("allocate %d bytes: %w", size, err)
+	}
+	return nil
 }
 
 // bootID identifies this boot of the machine.

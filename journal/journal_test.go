@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func open(t *testing.T, path string) (*Journal, []Record) {
@@ -204,4 +206,35 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestAllocated: the journal's blocks are allocated at Open, so a store
+// into the mapping never needs space (a full filesystem would answer
+// with SIGBUS), and a filesystem without the space refuses at Open.
+func TestAllocated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j")
+	j, _ := open(t, path)
+	defer j.Close()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 < st.Size {
+		t.Fatalf("journal of %d bytes has %d bytes allocated", st.Size, st.Blocks*512)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the full-filesystem case mounts a tmpfs: needs root")
+	}
+	small := t.TempDir()
+	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	defer unix.Unmount(small, 0)
+	jf, _, err := Open(filepath.Join(small, "j"), 16, 8192) // 196 KiB
+	if err == nil {
+		jf.Close()
+	}
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("open on a full filesystem: %v, want ENOSPC", err)
+	}
 }
