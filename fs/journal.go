@@ -95,6 +95,9 @@ func (r *Root) openJournal(path string) error {
 	}
 	j.Reset()
 	r.journal = j
+	if _, _, err := unix.NameToHandleAt(r.node.pfd.fd, "", unix.AT_EMPTY_PATH); err != nil {
+		r.log.Warn("cryptds: the backing filesystem gives no file handles, so block writes are not journaled: a killed daemon may leave the block it was writing unreadable", "err", err)
+	}
 	return nil
 }
 

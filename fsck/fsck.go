@@ -79,6 +79,7 @@ const (
 	KindRestoreRefused  = "restore-refused"  // --restore-xattrs would overwrite a disagreeing xattr
 	KindRegionMissing   = "region-missing"   // xattr present, backing file non-empty but shorter than the region
 	KindTruncatePending = "truncate-pending" // a truncate the daemon died in; the mount finishes it at the next open
+	KindWritesPending   = "writes-pending"   // block writes a killed daemon left in its write journal; the next mount finishes them
 )
 
 // Finding is one problem found, relative to the datastore root.
@@ -134,6 +135,11 @@ type Options struct {
 	// TempPrefix starts the names of conversion copies (vmctl.TempPrefix);
 	// empty disables the leftover check.
 	TempPrefix string
+	// PendingWrites is the number of block writes a killed daemon left in
+	// the datastore's write journal (the caller reads it, package
+	// journal): until a mount finishes them, the blocks they cover may
+	// fail authentication, which the report says.
+	PendingWrites int
 }
 
 // checker is one run of Check.
@@ -171,6 +177,10 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 			k.Zero()
 		}
 	}()
+	if opts.PendingWrites > 0 {
+		c.add(".", KindWritesPending, SeverityWarning, fmt.Sprintf(
+			"%d block writes a killed daemon left in flight are in the write journal: mount the datastore on this host to finish them; until then the blocks they cover may fail authentication", opts.PendingWrites))
+	}
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr

@@ -216,3 +216,26 @@ func TestCheckStructureOnly(t *testing.T) {
 		t.Errorf("report %+v", rep)
 	}
 }
+
+// TestPendingWrites: writes left in the write journal are a warning on
+// the datastore root, not corruption.
+func TestPendingWrites(t *testing.T) {
+	for _, n := range []int{0, 3} {
+		rep, err := Check(context.Background(), t.TempDir(), Options{PendingWrites: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found []Finding
+		for _, f := range rep.Findings {
+			if f.Kind == KindWritesPending {
+				found = append(found, f)
+			}
+		}
+		switch {
+		case n == 0 && len(found) != 0:
+			t.Errorf("no pending writes, but %v", found)
+		case n > 0 && (len(found) != 1 || found[0].Severity != SeverityWarning || found[0].Path != "." || rep.Corrupt()):
+			t.Errorf("%d pending writes: findings %v, corrupt %v; want one warning on .", n, found, rep.Corrupt())
+		}
+	}
+}

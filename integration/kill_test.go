@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryptds/cryptds/journal"
+	"golang.org/x/sys/unix"
 )
 
 // The kill tests run a loop of file operations on their own goroutine and
@@ -311,5 +314,49 @@ func TestKillDuringDirectWrites(t *testing.T) {
 			}
 			m.stop()
 		})
+	}
+}
+
+// TestFsckReportsPendingWrites: fsck run between a kill and the remount
+// says that the write journal holds writes the next mount will finish
+// (the blocks they cover may fail authentication until then), as a
+// warning; the next mount settles the journal and fsck stops saying it.
+func TestFsckReportsPendingWrites(t *testing.T) {
+	requireRoot(t)
+	backing, mnt, state := dirs(t)
+	startMount(t, backing, mnt, "--dev", "--state-dir", state).stop()
+	id, err := unix.Getxattr(backing, "user.cryptds.datastore", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, id)
+	if _, err := unix.Getxattr(backing, "user.cryptds.datastore", buf); err != nil {
+		t.Fatal(err)
+	}
+	// A killed daemon's journal: one entry taken and never ended, for a
+	// file that no longer exists.
+	path := filepath.Join(state, "journal", string(buf))
+	j, _, err := journal.Open(path, 4, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Reset()
+	if _, err := j.Begin([]byte("a file handle of a file long gone"), 4096, []byte("stored block")); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	fsck := []string{"fsck", "--no-keys", "--state-dir", state, backing}
+	out, code := runCode(time.Minute, "", nil, binary, fsck...)
+	if code != 0 || !strings.Contains(out, "writes-pending") || !strings.Contains(out, "1 block writes a killed daemon left in flight") {
+		t.Fatalf("fsck with a pending journal: exit %d, want 0 and a writes-pending warning\n%s", code, out)
+	}
+	m := startMount(t, backing, mnt, "--dev", "--state-dir", state)
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(m.stderr.String(), "cannot finish a write") }) {
+		t.Errorf("the mount did not report the entry it could not finish:\n%s", m.stderr.String())
+	}
+	m.stop()
+	if out, code := runCode(time.Minute, "", nil, binary, fsck...); code != 0 || strings.Contains(out, "writes-pending") {
+		t.Fatalf("fsck after the mount settled the journal: exit %d\n%s", code, out)
 	}
 }

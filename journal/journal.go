@@ -253,6 +253,24 @@ func Parse(b []byte, boot []byte) []Record {
 	return recs
 }
 
+// Pending returns the records of the journal at path without opening it
+// for use (fsck): the writes a killed daemon of this boot left in flight.
+// A missing journal has none.
+func Pending(path string) ([]Record, error) {
+	boot, err := bootID()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	return Parse(b, boot), nil
+}
+
 // Close unmaps the journal and removes it if no entry is in flight, which
 // is the case after a clean unmount: a journal left behind means a killed
 // daemon.

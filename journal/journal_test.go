@@ -49,6 +49,9 @@ func TestEntriesOutliveTheProcess(t *testing.T) {
 		t.Fatalf("a journal with entries in flight was removed: %v", err)
 	}
 
+	if p, err := Pending(path); err != nil || len(p) != 2 {
+		t.Fatalf("Pending: %d records, %v; want 2", len(p), err)
+	}
 	j, recs = open(t, path)
 	want := []Record{{Target: []byte("file-b"), Off: 4096*3 + 32, Data: data}, {Target: []byte("file-c"), Off: 7, Data: []byte{}}}
 	if len(recs) != len(want) {
@@ -71,6 +74,9 @@ func TestEntriesOutliveTheProcess(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("an idle journal was left behind: %v", err)
+	}
+	if p, err := Pending(path); err != nil || len(p) != 0 {
+		t.Fatalf("Pending of no journal: %d records, %v", len(p), err)
 	}
 	j, recs = open(t, path)
 	defer j.Close()

@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"text/tabwriter"
 
+	"github.com/pkg/xattr"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/cryptds/cryptds/fsck"
+	"github.com/cryptds/cryptds/journal"
 	"github.com/cryptds/cryptds/keyring"
 	"github.com/cryptds/cryptds/objcrypt"
 	"github.com/cryptds/cryptds/vmctl"
@@ -62,6 +64,13 @@ func fsckAction(c *cli.Context) error {
 		return err
 	}
 	opts := fsck.Options{RestoreXattrs: c.Bool("restore-xattrs"), TempPrefix: vmctl.TempPrefix}
+	if id, err := xattr.Get(ds, datastoreIDAttr); err == nil && len(id) > 0 {
+		recs, err := journal.Pending(filepath.Join(c.String("state-dir"), "journal", string(id)))
+		if err != nil {
+			log.Warn("cannot read the write journal", "err", err)
+		}
+		opts.PendingWrites = len(recs)
+	}
 	if !c.Bool("no-keys") {
 		ks, err := openKMS(c, log, nil, false)
 		if err != nil {

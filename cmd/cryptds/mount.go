@@ -42,7 +42,7 @@ func kmsFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "kmip-cert", Usage: "client certificate `FILE` for mutual TLS", EnvVars: []string{"CRYPTDS_KMIP_CERT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "kmip-key", Usage: "client private key `FILE` for mutual TLS", EnvVars: []string{"CRYPTDS_KMIP_KEY"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dev", Usage: "run the built-in dev KMS in-process (NOT for production; state under --state-dir)", EnvVars: []string{"CRYPTDS_DEV"}}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, Usage: "`DIR` for the dev KMS state and the disk key cache", EnvVars: []string{"CRYPTDS_STATE_DIR"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "state-dir", Value: defaultStateDir, Usage: "`DIR` for the dev KMS state, the disk key cache and the write journal", EnvVars: []string{"CRYPTDS_STATE_DIR"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"CRYPTDS_LOG_FORMAT"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "debug", Usage: "debug logging", EnvVars: []string{"CRYPTDS_DEBUG"}}),
 		&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`; keys are flag names (flags > env vars > file > defaults)", EnvVars: []string{"CRYPTDS_CONFIG"}},
