@@ -33,40 +33,13 @@ func TestJournalFinishesTornWrite(t *testing.T) {
 	}{
 		{"finished", nil, true, false},
 		{"file replaced by a copy", func(t *testing.T, tf *testFS) {
-			b, err := os.ReadFile(tf.b("vm/f"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			hdr, err := getxattrAlloc(tf.b("vm/f"), xattrHeader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tmp := tf.b("vm/f.tmp")
-			if err := os.WriteFile(tmp, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.Setxattr(tmp, xattrHeader, hdr, 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Rename(tmp, tf.b("vm/f")); err != nil {
+			copyObject(t, tf.b("vm/f"), tf.b("vm/f.tmp"))
+			if err := os.Rename(tf.b("vm/f.tmp"), tf.b("vm/f")); err != nil {
 				t.Fatal(err)
 			}
 		}, false, false},
 		{"inode now holds another object", func(t *testing.T, tf *testFS) {
-			b, err := os.ReadFile(tf.b("vm/g"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			hdr, err := getxattrAlloc(tf.b("vm/g"), xattrHeader)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(tf.b("vm/f"), b, 0o600); err != nil { // same inode
-				t.Fatal(err)
-			}
-			if err := unix.Setxattr(tf.b("vm/f"), xattrHeader, hdr, 0); err != nil {
-				t.Fatal(err)
-			}
+			copyObject(t, tf.b("vm/g"), tf.b("vm/f")) // into f's inode
 		}, false, true},
 	}
 	for _, c := range cases {
@@ -157,6 +130,26 @@ func TestJournalFinishesTornWrite(t *testing.T) {
 				t.Errorf("a block failed authentication:\n%s", again.logs.String())
 			}
 		})
+	}
+}
+
+// copyObject writes backing file from's bytes and header xattr into to
+// (created, or rewritten in place).
+func copyObject(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := getxattrAlloc(from, xattrHeader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(to, xattrHeader, hdr, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
