@@ -20,6 +20,9 @@ import (
 const (
 	bs  = objcrypt.PlainBlockSize
 	cbs = objcrypt.CipherBlockSize
+	// pageSize is the backing page cache's unit: what a buffered write
+	// reads before changing part of it, and where a kill can cut one.
+	pageSize = 4096
 )
 
 // readAt decrypts into dest from plaintext offset off and returns the
@@ -608,8 +611,7 @@ func (f *cryptFile) warmPages(off, end uint64) error {
 	if end <= off || end-off > warmPageMax {
 		return nil
 	}
-	const page = 4096
-	from, to := off/page*page, (end+page-1)/page*page
+	from, to := off/pageSize*pageSize, (end+pageSize-1)/pageSize*pageSize
 	b := f.r.bufs.getCipher(int(to - from))
 	defer f.r.bufs.putCipher(b)
 	_, err := preadFull(f.fd, *b, int64(from))

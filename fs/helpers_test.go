@@ -138,13 +138,13 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 
 		ReadAroundLimit: o.readAroundLimit,
 		MaxPathFDs:      o.maxPathFDs,
-		JournalPath:     o.journal,
 	}
 	switch o.journal {
 	case "":
 		cfg.JournalPath = filepath.Join(t.TempDir(), "journal")
-	case "-":
-		cfg.JournalPath = ""
+	case "-": // none
+	default:
+		cfg.JournalPath = o.journal
 	}
 	r, err := NewRoot(cfg)
 	if err != nil {

@@ -56,16 +56,17 @@ func (f *cryptFile) storeAt(pw ioAtFunc, buf []byte, off int64) (int, error) {
 	for done < len(buf) {
 		n := min(len(buf)-done, j.MaxData())
 		piece, at := buf[done:done+n], off+int64(done)
-		var w int
-		var err error
-		if at/pageSize == (at+int64(n)-1)/pageSize {
-			w, err = pwriteCounted(pw, f.fd, piece, at)
-		} else {
-			var e journal.Entry
+		// A write inside one page cannot be cut by a kill.
+		cuttable := at/pageSize != (at+int64(n)-1)/pageSize
+		var e journal.Entry
+		if cuttable {
+			var err error
 			if e, err = j.Begin(target, at, piece); err != nil {
 				return done, err
 			}
-			w, err = pwriteCounted(pw, f.fd, piece, at)
+		}
+		w, err := pwriteCounted(pw, f.fd, piece, at)
+		if cuttable {
 			e.Done()
 		}
 		done += w
@@ -75,8 +76,6 @@ func (f *cryptFile) storeAt(pw ioAtFunc, buf []byte, off int64) (int, error) {
 	}
 	return done, nil
 }
-
-const pageSize = 4096
 
 // openJournal opens the journal and finishes the writes a killed daemon
 // left in flight, before the mount serves anything.

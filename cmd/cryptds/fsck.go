@@ -65,7 +65,7 @@ func fsckAction(c *cli.Context) error {
 	}
 	opts := fsck.Options{RestoreXattrs: c.Bool("restore-xattrs"), TempPrefix: vmctl.TempPrefix}
 	if id, err := xattr.Get(ds, datastoreIDAttr); err == nil && len(id) > 0 {
-		recs, err := journal.Pending(filepath.Join(c.String("state-dir"), "journal", string(id)))
+		recs, err := journal.Pending(journalPath(c.String("state-dir"), string(id)))
 		if err != nil {
 			log.Warn("cannot read the write journal", "err", err)
 		}

@@ -250,8 +250,8 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	log.Debug("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "crypto_workers", cpus)
 	pool := objcrypt.NewPool(cpus, 0)
 	defer pool.Close()
-	journalDir := filepath.Join(c.String("state-dir"), "journal")
-	if err := os.MkdirAll(journalDir, 0o700); err != nil {
+	jpath := journalPath(c.String("state-dir"), dsID)
+	if err := os.MkdirAll(filepath.Dir(jpath), 0o700); err != nil {
 		return withCode(ExitMount, fmt.Errorf("journal directory: %w", err))
 	}
 	fcfg := cfs.Config{
@@ -261,7 +261,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		Logger:      log,
 		DatastoreID: dsID,
 		KMSName:     ks.kmsID,
-		JournalPath: filepath.Join(journalDir, dsID),
+		JournalPath: jpath,
 	}
 	if exp != nil {
 		fcfg.Observe = exp.ObserveOp
@@ -296,6 +296,12 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		}
 		notify(log, "READY=1")
 	})
+}
+
+// journalPath is where the write journal of datastore dsID lives (mount
+// writes it, fsck reads it).
+func journalPath(stateDir, dsID string) string {
+	return filepath.Join(stateDir, "journal", dsID)
 }
 
 // kmsEndpointOf names the KMS endpoint(s) a KMIP client error came from,
