@@ -300,7 +300,15 @@ func corpusEntry(args ...any) []byte {
 func seedCorpus(t *testing.T) map[string]map[string][]byte {
 	seeds := map[string]map[string][]byte{
 		"FuzzParseHeader": {}, "FuzzParsePolicy": {}, "FuzzDecryptBlock": {}, "FuzzOffsets": {},
+		"FuzzParseDatastoreID": {},
 	}
+	sid := seeds["FuzzParseDatastoreID"]
+	sid["valid"] = corpusEntry([]byte("ds-0123456789abcdef"))
+	sid["traversal"] = corpusEntry([]byte("../../../../etc/NAME"))
+	sid["upper-hex"] = corpusEntry([]byte("ds-0123456789ABCDEF"))
+	sid["slash"] = corpusEntry([]byte("ds-0123456789abcde/"))
+	sid["nul"] = corpusEntry([]byte("ds-0123456789abcde\x00"))
+	sid["long"] = corpusEntry([]byte("ds-0123456789abcdef0"))
 	for _, v := range loadVectors(t) {
 		seeds["FuzzParseHeader"]["vector-"+v.Name] = corpusEntry([]byte(v.HeaderXattr))
 		seeds["FuzzParsePolicy"]["vector-"+v.Name] = corpusEntry([]byte(v.PolicyXattr))

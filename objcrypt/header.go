@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"unicode/utf8"
 )
 
 // Format constants. They are part of the on-disk format and never change for
@@ -130,8 +129,8 @@ func parseHeaderPrefix(b []byte) (*Header, int, error) {
 		return nil, 0, fmt.Errorf("header truncated in KEK id: %w", ErrHeader)
 	}
 	h.KEKID = string(b[p : p+kekLen])
-	if !utf8.ValidString(h.KEKID) {
-		return nil, 0, fmt.Errorf("KEK id %q is not UTF-8: %w", h.KEKID, ErrHeader)
+	if err := checkKEKID(h.KEKID); err != nil {
+		return nil, 0, err
 	}
 	p += kekLen
 	wLen := int(binary.BigEndian.Uint16(b[p : p+2]))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -104,13 +105,32 @@ func newGCM(key []byte, nonceSize int) (cipher.AEAD, error) {
 
 // checkKEKID enforces what a header and a policy can store: 1..MaxKEKIDLen
 // bytes of UTF-8 (a KMIP Unique Identifier is a text string, and the JSON
-// policy could not carry other bytes unchanged).
+// policy could not carry other bytes unchanged) without control or format
+// characters. The id comes from the backing store, so it is hostile: it
+// reaches KMS requests, log lines and terminals, where a newline, an escape
+// sequence or a bidi override could forge output.
 func checkKEKID(kekID string) error {
 	if len(kekID) == 0 || len(kekID) > MaxKEKIDLen {
 		return fmt.Errorf("KEK id length %d not in 1..%d: %w", len(kekID), MaxKEKIDLen, ErrHeader)
 	}
-	if !utf8.ValidString(kekID) {
-		return fmt.Errorf("KEK id %q is not UTF-8: %w", kekID, ErrHeader)
+	if err := CheckPrintable(kekID); err != nil {
+		return fmt.Errorf("KEK id: %w", err)
+	}
+	return nil
+}
+
+// CheckPrintable accepts valid UTF-8 without control characters (C0, DEL,
+// C1) and without Unicode format characters (bidi overrides, zero-width
+// joiners): text read from the backing store that may be printed. The
+// error wraps ErrHeader and quotes the value.
+func CheckPrintable(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%q is not UTF-8: %w", s, ErrHeader)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("%q holds the control or format character %U: %w", s, r, ErrHeader)
+		}
 	}
 	return nil
 }

@@ -15,6 +15,9 @@ const PolicyVersion1 = 1
 // allocate much.
 const MaxPolicySize = 4096
 
+// MaxKMSNameLen bounds the informational kms field of a policy.
+const MaxKMSNameLen = 1024
+
 // Policy is a VM directory's encryption policy, stored as JSON in the
 // backing directory's user.cryptds.policy xattr. New objects created under
 // the directory get headers built from it.
@@ -42,6 +45,12 @@ func (p *Policy) validate() error {
 	}
 	if err := checkKEKID(p.KEKID); err != nil {
 		return fmt.Errorf("policy: %w", err)
+	}
+	if len(p.KMS) > MaxKMSNameLen {
+		return fmt.Errorf("policy kms field of %d bytes exceeds %d: %w", len(p.KMS), MaxKMSNameLen, ErrHeader)
+	}
+	if err := CheckPrintable(p.KMS); err != nil {
+		return fmt.Errorf("policy kms field: %w", err)
 	}
 	if len(p.WrappedDEK) != WrappedDEKSize {
 		return fmt.Errorf("policy wrapped DEK length %d, want %d: %w", len(p.WrappedDEK), WrappedDEKSize, ErrHeader)

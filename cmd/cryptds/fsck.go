@@ -64,8 +64,12 @@ func fsckAction(c *cli.Context) error {
 		return err
 	}
 	opts := fsck.Options{RestoreXattrs: c.Bool("restore-xattrs"), TempPrefix: vmctl.TempPrefix}
-	if id, err := xattr.Get(ds, datastoreIDAttr); err == nil && len(id) > 0 {
-		recs, err := journal.Pending(journalPath(c.String("state-dir"), string(id)))
+	if raw, err := xattr.Get(ds, datastoreIDAttr); err == nil && len(raw) > 0 {
+		id, err := parseDatastoreID(ds, raw)
+		if err != nil {
+			return err
+		}
+		recs, err := journal.Pending(journalPath(c.String("state-dir"), id))
 		if err != nil {
 			log.Warn("cannot read the write journal", "err", err)
 		}

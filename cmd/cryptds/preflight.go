@@ -1,11 +1,8 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"syscall"
@@ -15,15 +12,18 @@ import (
 
 	"github.com/cryptds/cryptds/internal/mountinfo"
 	"github.com/cryptds/cryptds/internal/procfd"
+	"github.com/cryptds/cryptds/objcrypt"
 )
 
 // datastoreIDAttr names the backing root's stable random id; KEK names in
 // the KMS include it so two datastores never collide.
-const datastoreIDAttr = "user.cryptds.datastore"
+const datastoreIDAttr = objcrypt.XattrDatastore
 
 // checkDatastore verifies the backing directory exists and supports user
 // xattrs (the format's header lives in one), and returns its datastore id,
-// creating it on first use.
+// creating it on first use. An id that is not exactly "ds-" and 16 hex
+// digits is refused: whoever writes the backing store chooses it, and it
+// becomes a path in the state directory and part of KEK names.
 func checkDatastore(dir string) (string, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -34,7 +34,7 @@ func checkDatastore(dir string) (string, error) {
 	}
 	id, err := xattr.Get(dir, datastoreIDAttr)
 	if err == nil && len(id) > 0 {
-		return string(id), nil
+		return parseDatastoreID(dir, id)
 	}
 	if err != nil && !errors.Is(err, xattr.ENOATTR) {
 		if errors.Is(err, syscall.ENOTSUP) {
@@ -42,11 +42,10 @@ func checkDatastore(dir string) (string, error) {
 		}
 		return "", withCode(ExitMount, fmt.Errorf("datastore %s: read %s: %w", dir, datastoreIDAttr, err))
 	}
-	var b [8]byte
-	if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
-		return "", fmt.Errorf("datastore id: %w", err)
+	newID, err := objcrypt.NewDatastoreID(nil)
+	if err != nil {
+		return "", err
 	}
-	newID := "ds-" + hex.EncodeToString(b[:])
 	if err := xattr.Set(dir, datastoreIDAttr, []byte(newID)); err != nil {
 		if errors.Is(err, syscall.ENOTSUP) {
 			return "", withCode(ExitMount, fmt.Errorf("datastore %s: the backing filesystem does not support user xattrs, which cryptds needs for its headers (ext4, xfs, btrfs and tmpfs do)", dir))
@@ -54,6 +53,16 @@ func checkDatastore(dir string) (string, error) {
 		return "", withCode(ExitMount, fmt.Errorf("datastore %s: write %s: %w", dir, datastoreIDAttr, err))
 	}
 	return newID, nil
+}
+
+// parseDatastoreID validates the id found on datastore dir (exit 3 when
+// it is not one cryptds wrote).
+func parseDatastoreID(dir string, raw []byte) (string, error) {
+	id, err := objcrypt.ParseDatastoreID(raw)
+	if err != nil {
+		return "", withCode(ExitMount, fmt.Errorf("datastore %s: refusing its %s xattr: %w; cryptds writes \"ds-\" and 16 hex digits, so the backing store was edited: restore the original value", dir, datastoreIDAttr, err))
+	}
+	return id, nil
 }
 
 // detachDeadMounts lazily unmounts the mounts of datastore whose daemon is
