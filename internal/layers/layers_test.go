@@ -43,8 +43,8 @@ func TestLayering(t *testing.T) {
 	}{
 		{module + "/objcrypt", []string{"golang.org/x/crypto", "golang.org/x/sys/cpu"}},
 		{module + "/kmipclient", []string{"github.com/ovh/kmip-go", "golang.org/x/"}},
-		{module + "/journal", []string{"golang.org/x/sys/unix"}}, // a leaf: it knows nothing of blocks or keys
-		{module + "/vmreg", []string{module + "/objcrypt", "golang.org/x/"}},    // the mount's VM record: format types only
+		{module + "/journal", []string{"golang.org/x/sys/unix"}},             // a leaf: it knows nothing of blocks or keys
+		{module + "/vmreg", []string{module + "/objcrypt", "golang.org/x/"}}, // the mount's VM record: format types only
 		{module + "/keyring", []string{module + "/kmipclient", module + "/objcrypt", "github.com/dgraph-io/", "github.com/ovh/kmip-go",
 			"golang.org/x/", "github.com/cespare/", "github.com/dustin/", "github.com/google/flatbuffers", "github.com/klauspost/",
 			"google.golang.org/protobuf", "go.opentelemetry.io/", "github.com/go-logr/", "github.com/pkg/errors"}},
