@@ -20,6 +20,13 @@ type Keys interface {
 	NewKEK(ctx context.Context, name string) (id string, err error)
 }
 
+// KeyLocator is the optional part of Keys that finds every KEK the KMS
+// holds under a name (shred uses it to find a VM's KEKs from before
+// earlier rekeys; keyring.Ring implements it when its source can).
+type KeyLocator interface {
+	LocateKEKs(ctx context.Context, name string) ([]string, error)
+}
+
 // Config is everything the node tree needs, built once by the mount command.
 type Config struct {
 	// Backing is the backing directory; it must support user xattrs.
@@ -51,6 +58,10 @@ type Config struct {
 	// MaxPathFDs bounds the O_PATH descriptors the node tree keeps
 	// (pathlimit.go); 0 means half of RLIMIT_NOFILE.
 	MaxPathFDs int
+	// VMRecordPath is the file that records this datastore's encrypted
+	// VMs (vmreg): it belongs to this host's state directory, never to the
+	// backing store. Empty: the record lives in memory for the mount's life.
+	VMRecordPath string
 	// JournalPath is the file that records the block writes in flight, so
 	// that a killed daemon leaves no block half written (journal.go); it
 	// belongs to this datastore and this host. Empty: no journal.

@@ -55,14 +55,15 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	return ch, cf, openFlags(flags, true), 0
 }
 
-// dirAndPolicy returns the backing directory's descriptor and its
-// encryption policy (nil: new files here are plain).
+// dirAndPolicy returns the backing directory's descriptor and the policy
+// new files here get (nil: plain), as the mount's VM record decides
+// (vmguard.go), never the backing policy xattr alone.
 func (n *node) dirAndPolicy() (int, *objcrypt.Policy, error) {
 	dfd, err := n.pathFd()
 	if err != nil {
 		return -1, nil, err
 	}
-	pol, err := n.r.dirPolicy(n, dfd)
+	pol, err := n.createPolicy(dfd)
 	return dfd, pol, err
 }
 
@@ -237,6 +238,7 @@ func (n *node) adoptTmpfile(ctx context.Context, dfd, fd int, flags, mode uint32
 		return nil, nil, fmt.Errorf("reopen unnamed file: %w", err)
 	}
 	child := n.r.newNode(kind)
+	child.noteDir(n)
 	child.pfd.fd = pfd
 	child.pfd.pinned = true // unnamed: nothing to find it by again
 	n.r.fillAttr(&out.Attr, &st, kind)

@@ -76,6 +76,9 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err != nil {
 		return nil, toErrno(err)
 	}
+	if _, err := n.createPolicy(dfd); err != nil {
+		return nil, toErrno(err)
+	}
 	if err := unix.Mkdirat(dfd, name, mode); err != nil {
 		return nil, toErrno(err)
 	}
@@ -91,7 +94,15 @@ func (n *node) finishMkdir(ctx context.Context, dfd int, name string, mode uint3
 	if err := fixNew(ctx, dfd, name, mode|syscall.S_IFDIR); err != nil {
 		return nil, err
 	}
-	if raw, err := getxattrAlloc(procPath(dfd), xattrPolicy); err == nil {
+	pol, err := n.createPolicy(dfd)
+	if err != nil {
+		return nil, err
+	}
+	if pol != nil {
+		raw, err := pol.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
 		if err := unix.Setxattr(procPathAt(dfd, name), xattrPolicy, raw, 0); err != nil {
 			return nil, fmt.Errorf("inherit policy to %q: %w", name, err)
 		}
@@ -109,7 +120,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, toErrno(err)
 	}
 	if mode&syscall.S_IFMT == syscall.S_IFREG {
-		pol, err := n.r.dirPolicy(n, dfd)
+		pol, err := n.createPolicy(dfd)
 		if err != nil {
 			return nil, toErrno(err)
 		}
@@ -170,6 +181,9 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if err != nil {
 		return nil, toErrno(err)
 	}
+	if err := n.checkLinkCrossing(tn, dfd); err != nil {
+		return nil, toErrno(err)
+	}
 	if err := unix.Linkat(tfd, "", dfd, name, unix.AT_EMPTY_PATH); err != nil {
 		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EPERM) {
 			return nil, toErrno(err)
@@ -200,8 +214,54 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if err != nil {
 		return toErrno(err)
 	}
+	if err := n.r.checkCrossing(n, np); err != nil {
+		return toErrno(err)
+	}
 	np.keepVictim(newName)
-	return toErrno(unix.Renameat2(dfd, name, ndfd, newName, uint(flags)))
+	if err := unix.Renameat2(dfd, name, ndfd, newName, uint(flags)); err != nil {
+		return toErrno(err)
+	}
+	n.r.recordRename(n, name, np, newName, flags)
+	return 0
+}
+
+// recordRename moves the VM record along with a renamed directory (a VM
+// directory, or one that holds VM directories).
+func (r *Root) recordRename(from *node, name string, to *node, newName string, flags uint32) {
+	oldRel, newRel := joinRel(from.relPath(), name), joinRel(to.relPath(), newName)
+	if err := r.vms.Move(oldRel, newRel, flags&unix.RENAME_EXCHANGE != 0); err != nil {
+		r.log.Error("cryptds: renamed directory not updated in the VM record", "from", oldRel, "to", newRel, "err", err)
+	}
+}
+
+// joinRel joins a relative directory path (relPath form) and a name.
+func joinRel(dir, name string) string {
+	if dir == "." {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// checkLinkCrossing refuses a hard link of tn into directory n (backing
+// descriptor dfd) from another VM or between a VM and plain directories.
+func (n *node) checkLinkCrossing(tn *node, dfd int) error {
+	srcs, _, err := tn.placeVMs()
+	if err != nil {
+		return err
+	}
+	dst, err := n.r.dirVM(n, dfd)
+	if err != nil {
+		return err
+	}
+	if len(srcs) == 0 && (dst.encrypted() || tn.kindOf() == kindEncrypted) {
+		return syscall.EXDEV
+	}
+	for _, src := range srcs {
+		if src.domain() != dst.domain() {
+			return syscall.EXDEV
+		}
+	}
+	return nil
 }
 
 // keepVictim opens the O_PATH descriptor of child name, if the kernel
@@ -241,7 +301,18 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return toErrno(err)
 	}
 	n.keepVictim(name)
-	return toErrno(unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR))
+	if err := unix.Unlinkat(dfd, name, unix.AT_REMOVEDIR); err != nil {
+		return toErrno(err)
+	}
+	rel := joinRel(n.relPath(), name)
+	if v, ok := n.r.vms.Lookup(rel); ok && v.Dir == rel {
+		if err := n.r.vms.Remove(v.ID); err != nil {
+			n.r.log.Error("cryptds: removed VM directory still in the VM record", "dir", rel, "err", err)
+		} else {
+			n.r.log.Info("cryptds: VM directory removed; forgotten by the VM record", "dir", rel, "vm", v.ID.String())
+		}
+	}
+	return 0
 }
 
 var _ gofs.NodeOpendirHandler = (*node)(nil)

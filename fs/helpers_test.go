@@ -20,16 +20,19 @@ import (
 
 // fakeKeys is an in-memory KMS.
 type fakeKeys struct {
-	mu   sync.Mutex
-	keys map[string]objcrypt.Key
-	n    int
-	fail error // returned by KEK when set
+	mu    sync.Mutex
+	keys  map[string]objcrypt.Key
+	names map[string]string // id -> the name it was created under
+	n     int
+	fail  error // returned by KEK when set
 	// delay makes KEK take this long, or fail with the context's error
 	// if the context ends first (a slow KMS).
 	delay time.Duration
 }
 
-func newFakeKeys() *fakeKeys { return &fakeKeys{keys: map[string]objcrypt.Key{}} }
+func newFakeKeys() *fakeKeys {
+	return &fakeKeys{keys: map[string]objcrypt.Key{}, names: map[string]string{}}
+}
 
 func (k *fakeKeys) KEK(ctx context.Context, id string) (objcrypt.Key, error) {
 	k.mu.Lock()
@@ -62,6 +65,7 @@ func (k *fakeKeys) NewKEK(ctx context.Context, name string) (string, error) {
 	key := make(objcrypt.Key, objcrypt.KeySize)
 	rand.Read(key)
 	k.keys[id] = key
+	k.names[id] = name
 	return id, nil
 }
 
@@ -112,6 +116,8 @@ type testOpts struct {
 	maxPathFDs int
 	// journal is Config.JournalPath: "" a new one in a temp dir, "-" none.
 	journal string
+	// vmRecord is the VM record file (Config.VMRecordPath); "": in memory.
+	vmRecord string
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -138,6 +144,7 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 
 		ReadAroundLimit: o.readAroundLimit,
 		MaxPathFDs:      o.maxPathFDs,
+		VMRecordPath:    o.vmRecord,
 	}
 	switch o.journal {
 	case "":

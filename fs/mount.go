@@ -2,6 +2,8 @@ package fs
 
 import (
 	"fmt"
+	"io"
+	"log"
 	"os"
 	"strconv"
 	"time"
@@ -18,8 +20,10 @@ const maxWrite = 1 << 20
 // MountOptions are the mount knobs the command line exposes.
 type MountOptions struct {
 	AllowOther bool   // let other users (QEMU, backup agents) use the mount
-	Debug      bool   // trace every FUSE request to stderr
+	Debug      bool   // trace every FUSE request (payload bytes redacted)
 	FsName     string // first column of /proc/mounts; default: the backing directory
+	// DebugOut receives the Debug trace; nil: stderr.
+	DebugOut io.Writer
 }
 
 // attrTimeout is the kernel attribute and entry cache lifetime. The daemon
@@ -84,6 +88,13 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			// says who drops it instead.
 			ExplicitDataCacheControl: true,
 		},
+	}
+	if mo.Debug {
+		out := mo.DebugOut
+		if out == nil {
+			out = os.Stderr
+		}
+		opts.MountOptions.Logger = log.New(&payloadRedactor{w: out}, "", log.LstdFlags|log.Lmicroseconds)
 	}
 	// gofs.Mount, with killPrivFS between the kernel and the node API,
 	// which does not see the requests' kill flags.

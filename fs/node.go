@@ -33,6 +33,23 @@ type node struct {
 	obj  *objState // open encrypted object, shared by all handles of this inode
 
 	cache cacheGate // the kernel's page cache against changes (pagecache.go)
+
+	// dirs are the directories the node was looked up or created in (one
+	// per hard link; guarded by mu): which VM a file belongs to, also once
+	// it is unlinked or has no name (O_TMPFILE) (vmguard.go).
+	dirs []*node
+}
+
+// noteDir records that the node was found in (or created in) directory d.
+func (n *node) noteDir(d *node) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, x := range n.dirs {
+		if x == d {
+			return
+		}
+	}
+	n.dirs = append(n.dirs, d)
 }
 
 // cnode gives the *node behind any of our InodeEmbedders (node or Root).
@@ -173,9 +190,12 @@ func (n *node) newChild(ctx context.Context, dfd int, name string, st *unix.Stat
 	n.r.fillAttr(&out.Attr, st, kind)
 	child := n.r.newNode(kind)
 	ch := n.NewInode(ctx, child, n.r.stableAttr(st))
-	if cn, ok := asNode(ch.Operations()); ok && cn != child {
-		// An existing inode won; its kind is authoritative for the attrs.
-		n.r.fillAttr(&out.Attr, st, cn.kindOf())
+	if cn, ok := asNode(ch.Operations()); ok {
+		cn.noteDir(n)
+		if cn != child {
+			// An existing inode won; its kind is authoritative for the attrs.
+			n.r.fillAttr(&out.Attr, st, cn.kindOf())
+		}
 	}
 	return ch
 }

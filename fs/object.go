@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/cryptds/cryptds/objcrypt"
+	"github.com/cryptds/cryptds/vmreg"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,6 +84,9 @@ func (n *node) releaseObject(o *objState) {
 // file and the key id (never key material).
 func (r *Root) unwrapObject(ctx context.Context, hdr *objcrypt.Header, path string) (*objcrypt.Object, error) {
 	if r.isShredded(hdr.KEKID, hdr.VMID) {
+		return nil, r.errShredded(path, hdr.KEKID)
+	}
+	if v, ok := r.vms.ByID(hdr.VMID); ok && v.State == vmreg.Shredded {
 		return nil, r.errShredded(path, hdr.KEKID)
 	}
 	ctx, cancel := keyContext(ctx)

@@ -34,7 +34,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if err != nil {
 		return nil, 0, toErrno(err)
 	}
+	// The stripped-header check first: its log line names the repair.
 	if err := n.refuseStrippedHeader(pfd); err != nil {
+		return nil, 0, toErrno(err)
+	}
+	if err := n.checkPlainPlace(); err != nil {
 		return nil, 0, toErrno(err)
 	}
 	fd, err := unix.Open(procPath(pfd), backingFlags(flags)|int(flags&syscall.O_TRUNC)|unix.O_CLOEXEC, 0)
@@ -95,6 +99,10 @@ func (n *node) openCrypt(ctx context.Context, flags uint32) (*cryptFile, error) 
 	}
 	hdr, err := n.r.readHeader(ctx, fd, n.relPath())
 	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := n.checkEncryptedPlace(hdr); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}

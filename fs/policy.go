@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cryptds/cryptds/objcrypt"
+	"github.com/cryptds/cryptds/vmreg"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,6 +20,7 @@ const (
 	xattrHeader = "user.cryptds.hdr"
 	xattrPolicy = "user.cryptds.policy"
 	xattrStatus = "user.cryptds.status"
+	xattrKeys   = "user.cryptds.keys" // virtual, read-only: the VM's KEKs (vmguard.go keysText)
 )
 
 // getxattrAlloc reads a whole xattr value of a path.
@@ -36,75 +38,103 @@ func getxattrAlloc(path, name string) ([]byte, error) {
 	}
 }
 
-// dirPolicy returns the encryption policy of directory node d (backing
-// descriptor dfd), nil if it has none. A policy that does not parse is an
-// error naming the directory: new files there are refused rather than
-// silently stored in plaintext, while existing files stay readable.
-func (r *Root) dirPolicy(d *node, dfd int) (*objcrypt.Policy, error) {
-	raw, err := getxattrAlloc(procPath(dfd), xattrPolicy)
-	if errors.Is(err, unix.ENODATA) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read policy of %s: %w", d.relPath(), err)
-	}
-	pol, err := objcrypt.ParsePolicy(raw)
-	if err != nil {
-		r.log.Error("cryptds: unusable encryption policy; new files in this directory are refused",
-			"dir", d.relPath(), "err", err)
-		return nil, fmt.Errorf("policy of %s: %w", d.relPath(), err)
-	}
-	return pol, nil
-}
-
-// policyText is the value of the virtual user.cryptds.policy xattr.
+// policyText is the value of the virtual user.cryptds.policy xattr, as
+// the mount's VM record sees the directory.
 func (r *Root) policyText(d *node, dfd int) string {
-	pol, err := r.dirPolicy(d, dfd)
+	dv, err := r.dirVM(d, dfd)
 	switch {
 	case err != nil:
 		return "invalid " + err.Error()
-	case pol == nil:
+	case dv.pol == nil:
 		return "none"
 	}
-	return fmt.Sprintf("encrypted kek=%s vm=%s", pol.KEKID, pol.VMID)
+	return fmt.Sprintf("encrypted kek=%s vm=%s", dv.pol.KEKID, dv.pol.VMID)
 }
 
 // setPolicy handles setxattr user.cryptds.policy on a directory: "encrypted"
-// creates a KEK for the directory in the KMS and stores a new wrapped DEK;
-// "none" removes the policy (only new files are affected either way).
-// "rekey", "rekey-deep" and "shred" act on an existing policy (rekey.go).
+// creates a VM (new VM id, a KEK for it in the KMS, a new wrapped DEK) and
+// records it; "none" decrypts it (new files plain; the VM's own encrypted
+// objects stay readable there until converted). "rekey", "rekey-deep" and
+// "shred" act on an existing VM (rekey.go). Only root may (requireAdmin).
 func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) error {
 	ctx, cancel := keyContext(ctx)
 	defer cancel()
 	v := strings.TrimSpace(string(value))
 	switch v {
+	case "none", "encrypted", policyRekey, policyRekeyDeep, policyShred:
+	default:
+		return fmt.Errorf("policy value %q (want \"encrypted\", \"none\", \"rekey\", \"rekey-deep\" or \"shred\"): %w", v, syscall.EINVAL)
+	}
+	if err := r.requireAdmin(ctx, d, "policy "+v); err != nil {
+		return err
+	}
+	switch v {
 	case "none":
-		err := unix.Removexattr(procPath(dfd), xattrPolicy)
-		if err != nil && !errors.Is(err, unix.ENODATA) {
-			return fmt.Errorf("remove policy of %s: %w", d.relPath(), err)
-		}
-		r.log.Info("cryptds: encryption policy removed", "dir", d.relPath())
-		return nil
-	case "encrypted":
+		return r.removePolicy(d, dfd)
 	case policyRekey, policyRekeyDeep:
 		return r.rekey(ctx, d, dfd, v == policyRekeyDeep)
 	case policyShred:
 		return r.shred(ctx, d, dfd)
-	default:
-		return fmt.Errorf("policy value %q (want \"encrypted\", \"none\", \"rekey\", \"rekey-deep\" or \"shred\"): %w", v, syscall.EINVAL)
 	}
-	if _, err := unix.Getxattr(procPath(dfd), xattrPolicy, nil); err == nil {
-		return fmt.Errorf("%s already has a policy: %w", d.relPath(), syscall.EEXIST)
+	return r.encryptDir(ctx, d, dfd)
+}
+
+// removePolicy is "none": the VM directory's record becomes Decrypted and
+// its policy xattr goes. On a subdirectory of an encrypted VM it is
+// refused (a VM is decrypted as a whole, from its directory); on a
+// subdirectory of a decrypted VM it just removes the xattr (vm decrypt
+// does that for every subdirectory).
+func (r *Root) removePolicy(d *node, dfd int) error {
+	dv, err := r.dirVM(d, dfd)
+	if err != nil && !errors.Is(err, errCopiedPolicy) && !errors.Is(err, objcrypt.ErrHeader) {
+		return err
 	}
-	name := "cryptds/" + r.cfg.DatastoreID + "/" + d.relPath()
+	rel := d.relPath()
+	if dv.has && dv.vm.Dir != rel && dv.vm.State == vmreg.Encrypted {
+		return fmt.Errorf("%s is part of encrypted VM %s: decrypt the VM directory itself: %w", rel, dv.vm.Dir, syscall.EINVAL)
+	}
+	if err := unix.Removexattr(procPath(dfd), xattrPolicy); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("remove policy of %s: %w", rel, err)
+	}
+	if dv.has && dv.vm.Dir == rel && dv.vm.State == vmreg.Encrypted {
+		vm := dv.vm
+		vm.State = vmreg.Decrypted
+		if err := r.vms.Put(vm, false); err != nil {
+			return fmt.Errorf("record %s as decrypted: %w", rel, err)
+		}
+	}
+	r.log.Info("cryptds: encryption policy removed", "dir", rel)
+	return nil
+}
+
+// encryptDir is "encrypted": a new VM for directory d. Its subdirectories
+// get the policy too (the mount does what mkdir does for new ones).
+func (r *Root) encryptDir(ctx context.Context, d *node, dfd int) error {
+	rel := d.relPath()
+	dv, err := r.dirVM(d, dfd)
+	if err != nil {
+		return err
+	}
+	replace := false
+	if dv.has {
+		if dv.vm.State != vmreg.Decrypted || dv.vm.Dir != rel {
+			return fmt.Errorf("%s already belongs to VM %s (%s, %s): %w", rel, dv.vm.ID, dv.vm.Dir, dv.vm.State, syscall.EEXIST)
+		}
+		replace = true // encrypted again after a decrypt: a new VM id and key
+	}
+	vm, err := objcrypt.NewVMID(r.rand)
+	if err != nil {
+		return err
+	}
+	name := objcrypt.KEKName(r.cfg.DatastoreID, vm)
 	kekID, err := r.cfg.Keys.NewKEK(ctx, name)
 	if err != nil {
-		r.log.Error("cryptds: cannot create KEK", "dir", d.relPath(), "name", name, "err", err)
+		r.log.Error("cryptds: cannot create KEK", "dir", rel, "name", name, "err", err)
 		return kmsError(fmt.Errorf("create KEK %s: %w", name, err))
 	}
 	kek, err := r.cfg.Keys.KEK(ctx, kekID)
 	if err != nil {
-		r.log.Error("cryptds: cannot fetch new KEK", "dir", d.relPath(), "kek", kekID, "err", err)
+		r.log.Error("cryptds: cannot fetch new KEK", "dir", rel, "kek", kekID, "err", err)
 		return kmsError(fmt.Errorf("fetch KEK %s: %w", kekID, err))
 	}
 	defer kek.Zero()
@@ -113,25 +143,46 @@ func (r *Root) setPolicy(ctx context.Context, d *node, dfd int, value []byte) er
 		return err
 	}
 	defer dek.Zero()
-	vm, err := objcrypt.NewVMID(r.rand)
-	if err != nil {
-		return err
-	}
 	wrapped, err := objcrypt.WrapDEK(kek, dek, kekID, vm, r.rand)
 	if err != nil {
-		return fmt.Errorf("wrap DEK for %s: %w", d.relPath(), err)
+		return fmt.Errorf("wrap DEK for %s: %w", rel, err)
 	}
+	now := time.Now().UTC()
 	pol := &objcrypt.Policy{Version: objcrypt.PolicyVersion1, VMID: vm, KEKID: kekID, KMS: r.cfg.KMSName,
-		WrappedDEK: wrapped, Created: time.Now().UTC()}
+		WrappedDEK: wrapped, Created: now}
 	raw, err := pol.MarshalBinary()
 	if err != nil {
-		return fmt.Errorf("encode policy for %s: %w", d.relPath(), err)
+		return fmt.Errorf("encode policy for %s: %w", rel, err)
 	}
-	if err := unix.Setxattr(procPath(dfd), xattrPolicy, raw, unix.XATTR_CREATE); err != nil {
-		return fmt.Errorf("store policy of %s: %w", d.relPath(), err)
+	// Record first: from here on the directory is encrypted for this
+	// mount, whatever happens to the xattrs below.
+	rec := vmreg.VM{ID: vm, Dir: rel, State: vmreg.Encrypted, Policy: raw, KEKs: []vmreg.KEK{{ID: kekID, Since: now}}}
+	if err := r.vms.Put(rec, replace); err != nil {
+		return fmt.Errorf("record VM %s at %s: %w", vm, rel, err)
 	}
-	r.log.Info("cryptds: directory encrypted", "dir", d.relPath(), "kek", kekID, "vm", vm.String())
+	if err := r.storeVMPolicy(dfd, rel, vm, raw); err != nil {
+		return err
+	}
+	r.log.Info("cryptds: directory encrypted", "dir", rel, "kek", kekID, "vm", vm.String())
 	return nil
+}
+
+// storeVMPolicy writes policy raw of VM vm on the directory tree dfd (rel)
+// and every subdirectory that belongs to vm (not those of a VM recorded
+// below it).
+func (r *Root) storeVMPolicy(dfd int, rel string, vm objcrypt.VMID, raw []byte) error {
+	return walkTree(dfd, rel, func(dirfd int, name, crel string, st *unix.Stat_t) error {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return nil
+		}
+		if v, ok := r.vms.Lookup(crel); !ok || v.ID != vm {
+			return nil
+		}
+		if err := unix.Setxattr(procPathAt(dirfd, name), xattrPolicy, raw, 0); err != nil {
+			return fmt.Errorf("store policy of %s: %w", crel, err)
+		}
+		return nil
+	})
 }
 
 // statusText is the value of the virtual user.cryptds.status xattr: the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cryptds/cryptds/objcrypt"
+	"github.com/cryptds/cryptds/vmreg"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,7 +57,7 @@ func (r *Root) newWrap(ctx context.Context, d *node, pol *objcrypt.Policy, deep 
 	if err != nil {
 		return nil, nil, err
 	}
-	name := "cryptds/" + r.cfg.DatastoreID + "/" + d.relPath()
+	name := objcrypt.KEKName(r.cfg.DatastoreID, pol.VMID)
 	kekID, err := r.cfg.Keys.NewKEK(ctx, name)
 	if err != nil {
 		dek.Zero()
@@ -96,71 +97,79 @@ func (r *Root) unwrapPolicy(ctx context.Context, pol *objcrypt.Policy) (objcrypt
 	return dek, nil
 }
 
-// samePolicyKey reports whether two policies carry the same key material
-// (a subdirectory that inherited the VM's policy).
-func samePolicyKey(a, b *objcrypt.Policy) bool {
-	return a.VMID == b.VMID && a.KEKID == b.KEKID && bytes.Equal(a.WrappedDEK, b.WrappedDEK)
-}
-
-// replacePolicy stores np on the VM directory and on every subdirectory
-// whose policy is old's (inherited at mkdir or copied by vm encrypt).
-// Subdirectories with a key of their own are left alone.
-func (r *Root) replacePolicy(d *node, dfd int, old, np *objcrypt.Policy) error {
-	raw, err := np.MarshalBinary()
+// vmDirOf resolves the recorded VM that directory d is the directory of;
+// key operations act on a whole VM, from its directory.
+func (r *Root) vmDirOf(d *node, dfd int, op string) (vmreg.VM, error) {
+	dv, err := r.dirVM(d, dfd)
 	if err != nil {
-		return fmt.Errorf("encode policy for %s: %w", d.relPath(), err)
+		return vmreg.VM{}, err
 	}
-	return walkTree(dfd, d.relPath(), func(dirfd int, name, rel string, st *unix.Stat_t) error {
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return nil
-		}
-		p := procPathAt(dirfd, name)
-		cur, err := getxattrAlloc(p, xattrPolicy)
-		if err != nil {
-			return nil // no policy there
-		}
-		cp, err := objcrypt.ParsePolicy(cur)
-		if err != nil || !samePolicyKey(cp, old) {
-			return nil
-		}
-		if err := unix.Setxattr(p, xattrPolicy, raw, unix.XATTR_REPLACE); err != nil {
-			return fmt.Errorf("store policy of %s: %w", rel, err)
-		}
-		return nil
-	})
+	rel := d.relPath()
+	switch {
+	case !dv.has || dv.vm.State == vmreg.Decrypted:
+		return vmreg.VM{}, fmt.Errorf("%s has no encryption policy to %s: %w", rel, op, syscall.ENODATA)
+	case dv.vm.Dir != rel:
+		return vmreg.VM{}, fmt.Errorf("%s is part of VM %s: %s the VM directory itself: %w", rel, dv.vm.Dir, op, syscall.EINVAL)
+	}
+	return dv.vm, nil
 }
 
 // rekey handles "rekey" (shallow) and "rekey-deep" on a VM directory.
 //
-// Shallow: a new KEK is created, the DEK re-wrapped under it, and the new
-// policy stored first (so objects created meanwhile by the running VM
-// already get the new KEK); then every object header is rewritten in place
-// and re-read and checked against the new KEK. Data blocks are not touched
-// and open handles keep working (their object key comes from the unchanged
-// DEK). See rewriteHeader for the crash ordering of one object.
+// Shallow: a new KEK is created (named after the VM id), the DEK
+// re-wrapped under it, and the new policy recorded and stored first (so
+// objects created meanwhile by the running VM already get the new KEK);
+// then every object header of this VM is rewritten in place and re-read
+// and checked against the new KEK. Objects of other VMs found in the tree
+// are logged and left alone: their keys are not this VM's to rewrap. Data
+// blocks are not touched and open handles keep working (their object key
+// comes from the unchanged DEK). See rewriteHeader for the crash ordering
+// of one object.
 //
 // Deep: only the policy is replaced, by one with a new KEK and a new DEK
 // (same VM id). Objects keep their headers and stay readable under the old
 // KEK until vmctl re-encrypts them by copy and rename.
+//
+// The old KEK stays in the record (retired, with the time of this rekey):
+// ciphertext backups taken before it need it, and shred destroys it too.
 func (r *Root) rekey(ctx context.Context, d *node, dfd int, deep bool) error {
-	pol, err := r.dirPolicy(d, dfd)
+	vm, err := r.vmDirOf(d, dfd, "rekey")
 	if err != nil {
 		return err
 	}
-	if pol == nil {
-		return fmt.Errorf("%s has no encryption policy to rekey: %w", d.relPath(), syscall.ENODATA)
+	if vm.State == vmreg.Shredded {
+		return fmt.Errorf("%s: VM %s was shredded: %w", vm.Dir, vm.ID, syscall.EKEYREVOKED)
+	}
+	pol, err := vm.ParsedPolicy()
+	if err != nil {
+		return err
 	}
 	np, dek, err := r.newWrap(ctx, d, pol, deep)
 	if err != nil {
 		return err
 	}
 	defer dek.Zero()
-	if err := r.replacePolicy(d, dfd, pol, np); err != nil {
-		r.log.Error("cryptds: rekey: cannot store the new policy", "dir", d.relPath(), "err", err)
+	raw, err := np.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode policy for %s: %w", vm.Dir, err)
+	}
+	now := time.Now().UTC()
+	for i := range vm.KEKs {
+		if vm.KEKs[i].Until.IsZero() {
+			vm.KEKs[i].Until = now
+		}
+	}
+	vm.KEKs = append(vm.KEKs, vmreg.KEK{ID: np.KEKID, Since: now})
+	vm.Policy = raw
+	if err := r.vms.Put(vm, false); err != nil {
+		return fmt.Errorf("record the new KEK of %s: %w", vm.Dir, err)
+	}
+	if err := r.storeVMPolicy(dfd, vm.Dir, vm.ID, raw); err != nil {
+		r.log.Error("cryptds: rekey: cannot store the new policy", "dir", vm.Dir, "err", err)
 		return err
 	}
 	if deep {
-		r.log.Info("cryptds: deep rekey: new policy stored; objects are re-encrypted by copy", "dir", d.relPath(),
+		r.log.Info("cryptds: deep rekey: new policy stored; objects are re-encrypted by copy", "dir", vm.Dir,
 			"old_kek", pol.KEKID, "kek", np.KEKID)
 		return nil
 	}
@@ -169,17 +178,21 @@ func (r *Root) rekey(ctx context.Context, d *node, dfd int, deep bool) error {
 		return kmsError(fmt.Errorf("fetch KEK %s: %w", np.KEKID, err))
 	}
 	defer newKEK.Zero()
-	var n int
+	var n, foreign int
 	var failed []string
-	err = walkTree(dfd, d.relPath(), func(dirfd int, name, rel string, st *unix.Stat_t) error {
+	err = walkTree(dfd, vm.Dir, func(dirfd int, name, rel string, st *unix.Stat_t) error {
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return nil
 		}
 		done, err := r.rekeyObject(ctx, dirfd, name, np, dek, newKEK)
-		if err != nil {
+		switch {
+		case errors.Is(err, errForeignObject):
+			foreign++
+			r.log.Warn("cryptds: rekey: object of another VM left alone", "file", rel, "err", err)
+		case err != nil:
 			r.log.Error("cryptds: rekey: object not rekeyed", "file", rel, "err", err)
 			failed = append(failed, rel)
-		} else if done {
+		case done:
 			n++
 		}
 		return nil
@@ -188,9 +201,9 @@ func (r *Root) rekey(ctx context.Context, d *node, dfd int, deep bool) error {
 		err = fmt.Errorf("%d objects not rekeyed (first %s): %w", len(failed), failed[0], syscall.EIO)
 	}
 	if err != nil {
-		return fmt.Errorf("rekey %s: %w", d.relPath(), err)
+		return fmt.Errorf("rekey %s: %w", vm.Dir, err)
 	}
-	r.log.Info("cryptds: shallow rekey done", "dir", d.relPath(), "old_kek", pol.KEKID, "kek", np.KEKID, "objects", n)
+	r.log.Info("cryptds: shallow rekey done", "dir", vm.Dir, "old_kek", pol.KEKID, "kek", np.KEKID, "objects", n, "foreign_objects", foreign)
 	return nil
 }
 
@@ -214,36 +227,25 @@ func (r *Root) rekeyObject(ctx context.Context, dirfd int, name string, np *objc
 	if err != nil {
 		return false, err
 	}
+	if h.VMID != np.VMID {
+		return false, fmt.Errorf("%w: header names VM %s", errForeignObject, h.VMID)
+	}
 	nh := *h
 	nh.KEKID = np.KEKID
-	if h.VMID == np.VMID {
-		// Same VM: reuse the policy's wrap when the DEK is the policy's,
-		// so the header keeps matching the policy byte for byte.
-		odek, err := r.unwrapHeader(ctx, h)
-		if err != nil {
-			return false, err
-		}
-		same := subtle.ConstantTimeCompare(odek, dek) == 1
-		if same {
-			nh.WrappedDEK = bytes.Clone(np.WrappedDEK)
-		} else {
-			nh.WrappedDEK, err = objcrypt.WrapDEK(newKEK, odek, np.KEKID, h.VMID, r.rand)
-		}
-		odek.Zero()
-		if err != nil {
-			return false, err
-		}
+	// Reuse the policy's wrap when the DEK is the policy's, so the header
+	// keeps matching the policy byte for byte.
+	odek, err := r.unwrapHeader(ctx, h)
+	if err != nil {
+		return false, err
+	}
+	if subtle.ConstantTimeCompare(odek, dek) == 1 {
+		nh.WrappedDEK = bytes.Clone(np.WrappedDEK)
 	} else {
-		// An object that came from another VM keeps its own VM id and DEK.
-		odek, err := r.unwrapHeader(ctx, h)
-		if err != nil {
-			return false, err
-		}
 		nh.WrappedDEK, err = objcrypt.WrapDEK(newKEK, odek, np.KEKID, h.VMID, r.rand)
-		odek.Zero()
-		if err != nil {
-			return false, err
-		}
+	}
+	odek.Zero()
+	if err != nil {
+		return false, err
 	}
 	if err := rewriteHeader(fd, &nh); err != nil {
 		return false, err
@@ -377,67 +379,126 @@ func (e *headerMismatch) Error() string {
 
 func (e *headerMismatch) Unwrap() error { return objcrypt.ErrHeader }
 
-// shred revokes and destroys every KEK the VM directory tree references
-// (its policies and every object header), then makes this mount forget
-// them: open objects under those keys fail from now on, and so does every
-// later open. The policy stays, so status shows which key was destroyed.
+// shred revokes and destroys every KEK that belongs to the VM of
+// directory d, then makes this mount forget them: open objects under those
+// keys fail from now on, and so does every later open, also after a
+// remount (the record says shredded).
+//
+// A KEK belongs to the VM when the mount's record lists it (created,
+// rekeyed or adopted here) or the KMS holds it under the VM's name
+// (objcrypt.KEKName: every KEK of the VM, also those of rekeys done on
+// another host). Nothing read from the backing store alone can add a key:
+// objects and policies in the tree that name another VM, or a KEK not
+// known as this VM's, are logged and their keys left alone, so a file or
+// policy copied in from another VM cannot make a shred destroy that VM's
+// keys.
 func (r *Root) shred(ctx context.Context, d *node, dfd int) error {
 	kd, ok := r.cfg.Keys.(KeyDestroyer)
 	if !ok {
 		return fmt.Errorf("the key source cannot destroy keys: %w", syscall.EOPNOTSUPP)
 	}
+	vm, err := r.vmDirOf(d, dfd, "shred")
+	if err != nil {
+		return err
+	}
 	ids := map[string]bool{}
-	vms := map[objcrypt.VMID]bool{}
-	err := walkTree(dfd, d.relPath(), func(dirfd int, name, rel string, st *unix.Stat_t) error {
+	for _, k := range vm.KEKs {
+		ids[k.ID] = true
+	}
+	if pol, err := vm.ParsedPolicy(); err == nil {
+		ids[pol.KEKID] = true
+	}
+	var locateErr error
+	if kl, ok := r.cfg.Keys.(KeyLocator); ok {
+		found, err := kl.LocateKEKs(ctx, objcrypt.KEKName(r.cfg.DatastoreID, vm.ID))
+		if err != nil {
+			locateErr = err
+			r.log.Error("cryptds: shred: cannot ask the KMS for the VM's other KEKs", "dir", vm.Dir, "err", err)
+		}
+		for _, id := range found {
+			if objcrypt.CheckPrintable(id) == nil && !vm.HasKEK(id) {
+				vm.KEKs = append(vm.KEKs, vmreg.KEK{ID: id})
+			}
+			ids[id] = true
+		}
+	}
+	r.reportUnowned(dfd, vm, ids)
+	// Forget first: from here on this mount serves nothing under them,
+	// even if the KMS cannot be told right now.
+	r.forgetKEKs(ids, map[objcrypt.VMID]bool{vm.ID: true})
+	vm.State = vmreg.Shredded
+	if err := r.vms.Put(vm, false); err != nil {
+		r.log.Error("cryptds: shred: cannot record the VM as shredded", "dir", vm.Dir, "err", err)
+	}
+	var failed []string
+	now := time.Now().UTC()
+	for i, k := range vm.KEKs {
+		if err := kd.DestroyKEK(ctx, k.ID); err != nil {
+			r.log.Error("cryptds: shred: KEK not destroyed", "dir", vm.Dir, "kek", k.ID, "err", err)
+			failed = append(failed, k.ID)
+			continue
+		}
+		if vm.KEKs[i].Destroyed.IsZero() {
+			vm.KEKs[i].Destroyed = now
+		}
+		r.log.Warn("cryptds: KEK revoked and destroyed (shred): the data under it is unrecoverable", "dir", vm.Dir, "kek", k.ID,
+			"in_use_since", stamp(k.Since), "until", stamp(k.Until))
+	}
+	if err := r.vms.Put(vm, false); err != nil {
+		r.log.Error("cryptds: shred: cannot record the destroyed KEKs", "dir", vm.Dir, "err", err)
+	}
+	switch {
+	case len(failed) > 0:
+		return kmsError(fmt.Errorf("shred %s: %d of %d KEKs not destroyed (first %s); run it again", vm.Dir, len(failed), len(vm.KEKs), failed[0]))
+	case locateErr != nil:
+		return kmsError(fmt.Errorf("shred %s: the KMS could not list the VM's KEKs; run it again: %w", vm.Dir, locateErr))
+	}
+	return nil
+}
+
+// maxUnownedReports bounds the log lines one shred writes about objects
+// it leaves alone.
+const maxUnownedReports = 20
+
+// reportUnowned logs what the VM's tree references that shred will not
+// destroy: objects and policies of other VMs, and KEKs named by this VM's
+// objects that are not known to be this VM's.
+func (r *Root) reportUnowned(dfd int, vm vmreg.VM, ids map[string]bool) {
+	reported := 0
+	report := func(msg string, args ...any) {
+		if reported < maxUnownedReports {
+			r.log.Warn(msg, args...)
+		}
+		reported++
+	}
+	_ = walkTree(dfd, vm.Dir, func(dirfd int, name, rel string, st *unix.Stat_t) error {
 		p := procPathAt(dirfd, name)
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
 			if raw, err := getxattrAlloc(p, xattrPolicy); err == nil {
-				if pol, err := objcrypt.ParsePolicy(raw); err == nil {
-					ids[pol.KEKID], vms[pol.VMID] = true, true
+				if pol, err := objcrypt.ParsePolicy(raw); err == nil && pol.VMID != vm.ID {
+					report("cryptds: shred: a policy of another VM in this VM's tree; its keys are left alone", "dir", rel, "vm", pol.VMID.String())
 				}
 			}
 		case unix.S_IFREG:
-			if raw, err := getxattrAlloc(p, xattrHeader); err == nil {
-				if h, err := objcrypt.ParseHeader(raw); err == nil {
-					ids[h.KEKID], vms[h.VMID] = true, true
-				}
+			raw, err := getxattrAlloc(p, xattrHeader)
+			if err != nil {
+				return nil
 			}
-			// The in-file copy may name another KEK (interrupted rekey).
-			if fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
-				region := make([]byte, objcrypt.HeaderRegionSize)
-				if n, _ := preadFull(fd, region, 0); n == len(region) {
-					if h, err := objcrypt.ParseRegion(region); err == nil {
-						ids[h.KEKID] = true
-					}
-				}
-				unix.Close(fd)
+			h, err := objcrypt.ParseHeader(raw)
+			switch {
+			case err != nil:
+			case h.VMID != vm.ID:
+				report("cryptds: shred: an object of another VM in this VM's tree; its keys are left alone", "file", rel, "vm", h.VMID.String())
+			case !ids[h.KEKID]:
+				report("cryptds: shred: an object names a KEK not known as this VM's; it is not destroyed (destroy it with the KMS's tools if it is)", "file", rel, "kek", h.KEKID)
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("shred %s: %w", d.relPath(), err)
+	if reported > maxUnownedReports {
+		r.log.Warn("cryptds: shred: more objects left alone than logged", "dir", vm.Dir, "count", reported)
 	}
-	if len(ids) == 0 {
-		return fmt.Errorf("%s references no key: %w", d.relPath(), syscall.ENODATA)
-	}
-	// Forget first: from here on this mount serves nothing under them,
-	// even if the KMS cannot be told right now.
-	r.forgetKEKs(ids, vms)
-	var failed []string
-	for id := range ids {
-		if err := kd.DestroyKEK(ctx, id); err != nil {
-			r.log.Error("cryptds: shred: KEK not destroyed", "dir", d.relPath(), "kek", id, "err", err)
-			failed = append(failed, id)
-			continue
-		}
-		r.log.Warn("cryptds: KEK revoked and destroyed (shred): the data under it is unrecoverable", "dir", d.relPath(), "kek", id)
-	}
-	if len(failed) > 0 {
-		return kmsError(fmt.Errorf("shred %s: %d of %d KEKs not destroyed (first %s); run it again", d.relPath(), len(failed), len(ids), failed[0]))
-	}
-	return nil
 }
 
 // forgetKEKs marks KEK ids and VM ids as shredded for this mount and
@@ -515,7 +576,7 @@ func walkEntries(fd int, rel string, fn func(dirfd int, name, rel string, st *un
 			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 				continue // raced with a delete
 			}
-			crel := rel + "/" + name
+			crel := joinRel(rel, name)
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
 				if err := fn(fd, name, crel, &st); err != nil {

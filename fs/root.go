@@ -11,6 +11,7 @@ import (
 
 	"github.com/cryptds/cryptds/journal"
 	"github.com/cryptds/cryptds/objcrypt"
+	"github.com/cryptds/cryptds/vmreg"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
 )
@@ -46,6 +47,11 @@ type Root struct {
 	live     map[*objState]*node
 	shredded map[string]bool
 	shredVMs map[objcrypt.VMID]bool
+
+	// vms is the mount's record of encrypted VMs (vmguard.go); warned
+	// remembers what warnOnce has logged.
+	vms    *vmreg.Registry
+	warned sync.Map
 }
 
 var _ gofs.InodeEmbedder = (*Root)(nil)
@@ -84,6 +90,10 @@ func NewRoot(cfg Config) (*Root, error) {
 		r.rand = rand.Reader
 	}
 	r.pwrite, r.pread = unix.Pwrite, unix.Pread
+	if r.vms, err = vmreg.Open(cfg.VMRecordPath); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("fs: %w", err)
+	}
 	switch {
 	case cfg.ReadAroundLimit > 0:
 		r.readAroundLimit = uint64(cfg.ReadAroundLimit)

@@ -370,40 +370,72 @@ func TestLongNamesDeepTree(t *testing.T) {
 	}
 }
 
+// TestLinksRenameAcrossDirs: hard links and renames work inside a VM and
+// between plain directories, and never cross from a VM to another or to a
+// plain directory (EXDEV: mv copies, so the data is re-encrypted under the
+// target's key), because an object is served only in its own VM.
 func TestLinksRenameAcrossDirs(t *testing.T) {
 	tf := newTestFS(t, testOpts{})
 	tf.encDir("vmA")
+	tf.encDir("vmB")
 	os.Mkdir(tf.m("plain"), 0o755)
+	os.Mkdir(tf.m("plain2"), 0o755)
+	os.Mkdir(tf.m("vmA/sub"), 0o755)
 	mustWrite(t, tf.m("vmA/disk"), []byte("encrypted one"))
 	mustWrite(t, tf.m("plain/p"), []byte("plain one"))
-	if err := os.Link(tf.m("vmA/disk"), tf.m("plain/disk-link")); err != nil {
+	crossings := []struct{ op, from, to string }{
+		{"link", "vmA/disk", "plain/disk-link"},
+		{"link", "vmA/disk", "vmB/disk-link"},
+		{"link", "plain/p", "vmA/p-link"},
+		{"rename", "plain/p", "vmA/p"},
+		{"rename", "vmA/disk", "plain/disk"},
+		{"rename", "vmA/disk", "vmB/disk"},
+		{"rename", "vmA/sub", "vmB/sub"},
+	}
+	for _, c := range crossings {
+		var err error
+		if c.op == "link" {
+			err = os.Link(tf.m(c.from), tf.m(c.to))
+		} else {
+			err = os.Rename(tf.m(c.from), tf.m(c.to))
+		}
+		if !errors.Is(err, unix.EXDEV) {
+			t.Errorf("%s %s -> %s: %v, want EXDEV", c.op, c.from, c.to, err)
+		}
+	}
+	if err := os.Link(tf.m("vmA/disk"), tf.m("vmA/sub/disk-link")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(tf.m("plain/p"), tf.m("vmA/p")); err != nil {
+	if err := os.Rename(tf.m("vmA/disk"), tf.m("vmA/sub/disk")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(tf.m("vmA/disk"), tf.m("plain/disk")); err != nil {
+	if err := os.Rename(tf.m("plain/p"), tf.m("plain2/p")); err != nil {
 		t.Fatal(err)
 	}
-	if string(mustRead(t, tf.m("plain/disk"))) != "encrypted one" || string(mustRead(t, tf.m("plain/disk-link"))) != "encrypted one" {
+	if string(mustRead(t, tf.m("vmA/sub/disk"))) != "encrypted one" || string(mustRead(t, tf.m("vmA/sub/disk-link"))) != "encrypted one" {
 		t.Fatal("moved encrypted file")
 	}
-	if !isEncryptedBacking(t, tf.b("plain/disk")) || isEncryptedBacking(t, tf.b("vmA/p")) {
+	if !isEncryptedBacking(t, tf.b("vmA/sub/disk")) || isEncryptedBacking(t, tf.b("plain2/p")) {
 		t.Fatal("header did not travel with the file")
 	}
-	if string(mustRead(t, tf.m("vmA/p"))) != "plain one" {
-		t.Fatal("moved plain file")
-	}
 	// write through one link, read through the other
-	g := openRW(t, tf.m("plain/disk-link"), 0)
+	g := openRW(t, tf.m("vmA/sub/disk-link"), 0)
 	g.WriteAt([]byte("E"), 0)
 	g.Close()
-	if string(mustRead(t, tf.m("plain/disk"))) != "Encrypted one" {
+	if string(mustRead(t, tf.m("vmA/sub/disk"))) != "Encrypted one" {
 		t.Fatal("hard link not the same object")
 	}
-	st, _ := os.Stat(tf.m("plain/disk"))
+	st, _ := os.Stat(tf.m("vmA/sub/disk"))
 	if st.Sys().(*syscall.Stat_t).Nlink != 2 {
 		t.Fatal("nlink")
+	}
+	// A whole VM directory moves freely between plain directories.
+	if err := os.Rename(tf.m("vmB"), tf.m("plain/vmB")); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, tf.m("plain/vmB/new"), []byte("still encrypted"))
+	if !isEncryptedBacking(t, tf.b("plain/vmB/new")) {
+		t.Fatal("a file created in a moved VM directory is not encrypted")
 	}
 }
 

@@ -50,6 +50,12 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		switch attr {
 		case xattrPolicy:
 			return copyXattr([]byte(n.r.policyText(n, fd)), dest)
+		case xattrKeys:
+			s, err := n.r.keysText(n, fd)
+			if err != nil {
+				return 0, toErrno(err)
+			}
+			return copyXattr([]byte(s), dest)
 		case xattrStatus:
 			s, err := statusText(fd)
 			if err != nil {

@@ -117,6 +117,11 @@ func TestPolicyXattrs(t *testing.T) {
 	}
 }
 
+// TestGarbagePolicy: a garbage policy xattr on a recorded VM directory
+// changes nothing (the mount's record decides: new files are still
+// encrypted, and the difference is logged); on a directory the mount does
+// not know as a VM it is refused (no file is created there), and "none"
+// clears it.
 func TestGarbagePolicy(t *testing.T) {
 	tf := newTestFS(t, testOpts{})
 	tf.encDir("vm")
@@ -127,13 +132,28 @@ func TestGarbagePolicy(t *testing.T) {
 	if string(mustRead(t, tf.m("vm/a"))) != "still here" {
 		t.Fatal("existing file not served under a garbage policy")
 	}
-	if v, _ := getx(t, tf.m("vm"), xattrPolicy); !strings.HasPrefix(v, "invalid ") {
+	if v, _ := getx(t, tf.m("vm"), xattrPolicy); !strings.HasPrefix(v, "encrypted ") {
+		t.Fatalf("policy text of a recorded VM = %q", v)
+	}
+	mustWrite(t, tf.m("vm/b"), []byte("x"))
+	if !isEncryptedBacking(t, tf.b("vm/b")) {
+		t.Fatal("a file created under a garbage policy of a recorded VM is not encrypted")
+	}
+	if !strings.Contains(tf.logs.String(), "differs from the mount's record") {
+		t.Fatalf("no log line: %s", tf.logs.String())
+	}
+
+	os.Mkdir(tf.m("other"), 0o755)
+	if err := unix.Setxattr(tf.b("other"), xattrPolicy, []byte(`{"v":1,"garbage`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := getx(t, tf.m("other"), xattrPolicy); !strings.HasPrefix(v, "invalid ") {
 		t.Fatalf("policy text = %q", v)
 	}
-	if err := os.WriteFile(tf.m("vm/b"), []byte("x"), 0o644); !errors.Is(err, unix.EIO) {
+	if err := os.WriteFile(tf.m("other/b"), []byte("x"), 0o644); !errors.Is(err, unix.EIO) {
 		t.Fatalf("create under garbage policy: %v, want EIO", err)
 	}
-	if _, err := os.Stat(tf.b("vm/b")); !os.IsNotExist(err) {
+	if _, err := os.Stat(tf.b("other/b")); !os.IsNotExist(err) {
 		t.Fatal("a file was left behind")
 	}
 	if !strings.Contains(tf.logs.String(), "unusable encryption policy") {
@@ -142,8 +162,8 @@ func TestGarbagePolicy(t *testing.T) {
 	if err := unix.Setxattr(tf.m("vm"), xattrPolicy, []byte("encrypted"), 0); !errors.Is(err, unix.EEXIST) {
 		t.Fatalf("encrypt over garbage: %v", err)
 	}
-	if err := unix.Setxattr(tf.m("vm"), xattrPolicy, []byte("none"), 0); err != nil {
+	if err := unix.Setxattr(tf.m("other"), xattrPolicy, []byte("none"), 0); err != nil {
 		t.Fatal(err)
 	}
-	mustWrite(t, tf.m("vm/b"), []byte("x"))
+	mustWrite(t, tf.m("other/b"), []byte("x"))
 }

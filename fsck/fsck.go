@@ -26,6 +26,7 @@ import (
 	"github.com/pkg/xattr"
 
 	"github.com/cryptds/cryptds/objcrypt"
+	"github.com/cryptds/cryptds/vmreg"
 )
 
 // Names of the backing xattrs of the format (docs/FORMAT.md §2, §4).
@@ -140,6 +141,11 @@ type Options struct {
 	// journal): until a mount finishes them, the blocks they cover may
 	// fail authentication, which the report says.
 	PendingWrites int
+	// VMs is the mount's record of this datastore's encrypted VMs (read by
+	// the caller from the host's state directory, package vmreg). With it
+	// the placement checks know which directories are encrypted VMs even
+	// where the backing store lost or forged their policies.
+	VMs []vmreg.VM
 }
 
 // checker is one run of Check.
@@ -156,6 +162,8 @@ type checker struct {
 	// restoredIn collects, per directory, the headers whose xattr this run
 	// re-created: the copy that lost them lost the directory policy too.
 	restoredIn map[string][]*objcrypt.Header
+	// place holds the placement checks' state (placement.go).
+	place *placement
 }
 
 // Check walks the backing datastore root and reports what it finds. The
@@ -172,6 +180,9 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 	c := &checker{ctx: ctx, root: root, opts: opts,
 		rep:  &Report{Datastore: root, KeysChecked: opts.Keys != nil, Findings: []Finding{}},
 		deks: map[string]objcrypt.Key{}, keyErr: map[string]error{}, restoredIn: map[string][]*objcrypt.Header{}}
+	if c.place, err = newPlacement(opts.VMs); err != nil {
+		return nil, err
+	}
 	defer func() {
 		for _, k := range c.deks {
 			k.Zero()
@@ -205,6 +216,7 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 		return c.rep, err
 	}
 	c.restorePolicies()
+	c.checkRecordedDirs()
 	sort.SliceStable(c.rep.Findings, func(i, j int) bool { return c.rep.Findings[i].Path < c.rep.Findings[j].Path })
 	return c.rep, nil
 }
@@ -227,9 +239,14 @@ func (c *checker) add(path, kind, sev, detail string) {
 // looks like, and re-creating a policy there would make new files
 // encrypted against the admin's intent.
 func (c *checker) checkDir(p, rel string) {
+	pol, has := dirPolicy(p)
+	c.checkDirPlace(rel, pol, has)
 	raw, err := xattr.LGet(p, PolicyAttr)
 	switch {
 	case errors.Is(err, xattr.ENOATTR):
+		if c.place.dirs[slashRel(rel)].has {
+			return // a recorded VM: checkDirPlace reported the vanished policy
+		}
 		if filepath.Dir(rel) == "." && rel != "." && c.holdsEncrypted(p) {
 			c.add(rel, KindPolicyMissing, SeverityWarning,
 				"directory holds encrypted objects but has no encryption policy (a half-done 'vm decrypt', or the policy xattr was lost by a copy): new files here are stored in plaintext; run 'cryptds vm decrypt' or 'cryptds vm encrypt' on it through the mount")
@@ -314,6 +331,7 @@ func (c *checker) checkFile(p, rel, name string) {
 	if !hasXattr {
 		if rh == nil {
 			c.rep.Plain++ // a plain object
+			c.checkFilePlace(rel, nil)
 			return
 		}
 		c.rep.Encrypted++
@@ -352,6 +370,7 @@ func (c *checker) checkFile(p, rel, name string) {
 		c.add(rel, kind, SeverityError, fmt.Sprintf("header xattr: %v", err))
 		return
 	}
+	c.checkFilePlace(rel, xh)
 	switch {
 	case size == 0:
 		// An empty object whose region is written on the first write.

@@ -157,7 +157,7 @@ func TestCheck(t *testing.T) {
 			plain := make([]byte, 3*objcrypt.PlainBlockSize+77)
 			rand.Read(plain)
 			xb := v.object(t, disk, plain)
-			os.WriteFile(filepath.Join(root, "vm1", "plain.log"), []byte("plain"), 0o644)
+			os.WriteFile(filepath.Join(root, "plain.log"), []byte("plain"), 0o644)
 			if tc.damage != nil {
 				tc.damage(t, disk, v)
 			}

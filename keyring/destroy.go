@@ -43,3 +43,27 @@ func (r *Ring) DestroyKEK(ctx context.Context, id string) error {
 	r.log.Warn("KEK revoked and destroyed", "kek", id)
 	return nil
 }
+
+// KeyLocator is the optional part of a KeySource that finds keys by name
+// (kmipclient.Client implements it).
+type KeyLocator interface {
+	// Locate returns the ids of every key named name.
+	Locate(ctx context.Context, name string) ([]string, error)
+}
+
+// ErrCannotLocate means the ring's KeySource does not implement KeyLocator.
+var ErrCannotLocate = errors.New("keyring: the key source cannot locate keys by name")
+
+// LocateKEKs returns the ids of every KEK the KMS holds under name: a
+// VM's KEKs all carry its name, so shred finds those of earlier rekeys.
+func (r *Ring) LocateKEKs(ctx context.Context, name string) ([]string, error) {
+	l, ok := r.src.(KeyLocator)
+	if !ok {
+		return nil, ErrCannotLocate
+	}
+	ids, err := l.Locate(ctx, name)
+	if err != nil {
+		return nil, &KeyError{ID: name, Endpoints: r.src.Endpoints(), Err: ErrKeyUnavailable, Cause: fmt.Errorf("locate: %w", err)}
+	}
+	return ids, nil
+}

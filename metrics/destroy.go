@@ -36,3 +36,15 @@ func (s *instrumented) Destroy(ctx context.Context, id string) error {
 	s.done("destroy", t0, err)
 	return err
 }
+
+// Locate passes a name lookup through, timed like the other KMS calls.
+func (s *instrumented) Locate(ctx context.Context, name string) ([]string, error) {
+	l, ok := s.KeySource.(keyring.KeyLocator)
+	if !ok {
+		return nil, keyring.ErrCannotLocate
+	}
+	t0 := time.Now()
+	ids, err := l.Locate(ctx, name)
+	s.done("locate", t0, err)
+	return ids, err
+}

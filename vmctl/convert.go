@@ -101,16 +101,26 @@ func convertVM(ctx context.Context, vmPath string, opts Options, toEncrypted boo
 		}
 		return nil
 	}
-	err = v.convertAll(ctx, todo, opts, verify, &rep)
+	err = v.convertAll(ctx, todo, opts, verify, toEncrypted, &rep)
 	rep.Duration = time.Since(start)
 	return rep, err
 }
 
-// convertAll copies each object of todo through the mount and renames the
-// copy over it (objConv.convert), after verify accepted the copy's backing
+// convertAll copies each object of todo through the mount (reading it from
+// the backing directory when fromBacking: plain objects of an encrypted VM)
+// and renames the copy over it (objConv.convert), after verify accepted the copy's backing
 // file; rep counts what was done.
-func (v *vmDir) convertAll(ctx context.Context, todo []object, opts Options, verify func(tmpBacking string) error, rep *Report) error {
+func (v *vmDir) convertAll(ctx context.Context, todo []object, opts Options, verify func(tmpBacking string) error, fromBacking bool, rep *Report) error {
 	c := newObjConv()
+	if fromBacking {
+		c.source = func(path string) string {
+			rel, err := filepath.Rel(v.path, path)
+			if err != nil {
+				return path
+			}
+			return filepath.Join(v.backing, rel)
+		}
+	}
 	c.hook = opts.testHook
 	c.verify = func(tmp string) error {
 		rel, err := filepath.Rel(v.path, tmp)

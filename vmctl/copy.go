@@ -52,6 +52,11 @@ type objConv struct {
 	// syncDirs are fsync'd after the rename besides the object's own
 	// directory (the backing directory, so the rename is durable there).
 	syncDirs []string
+	// source maps an object's path on the mount to the path its data is
+	// read from; nil: the path itself. vm encrypt reads plain objects from
+	// the backing directory: the mount refuses to serve a plain object
+	// inside an encrypted VM.
+	source func(path string) string
 }
 
 func newObjConv() *objConv {
@@ -84,15 +89,20 @@ func (c *objConv) convert(ctx context.Context, path string) (int64, error) {
 	if len(TempPrefix)+len(name) > 255 {
 		return 0, fmt.Errorf("%s: name too long for the conversion copy %s%s (limit 255 bytes)", path, TempPrefix, name)
 	}
-	src, err := os.Open(path)
-	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", path, err)
-	}
-	defer src.Close()
+	// The change check compares the mount's view before and after.
 	var st unix.Stat_t
-	if err := unix.Fstat(int(src.Fd()), &st); err != nil {
+	if err := unix.Lstat(path, &st); err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)
 	}
+	srcPath := path
+	if c.source != nil {
+		srcPath = c.source(path)
+	}
+	src, err := os.Open(srcPath)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", srcPath, err)
+	}
+	defer src.Close()
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return 0, fmt.Errorf("%s: not a regular file", path)
 	}

@@ -41,6 +41,10 @@ type RekeyReport struct {
 	RemovedLeftovers []string      `json:"removed_leftovers"`
 	Resumed          bool          `json:"resumed"` // a deep rekey finished an interrupted one
 	Duration         time.Duration `json:"duration_ns"`
+	// Destroyed lists, after a shred, every KEK of the VM the mount
+	// destroyed, with the time it was in use: each kills every copy of
+	// the VM's data encrypted under it, ciphertext backups included.
+	Destroyed []KEKInfo `json:"destroyed,omitempty"`
 }
 
 // setKeyOp asks the filesystem for a key operation on the VM directory
@@ -248,7 +252,7 @@ func RekeyDeep(ctx context.Context, vmPath string, opts Options) (RekeyReport, e
 		return nil
 	}
 	var crep Report
-	err = v.convertAll(ctx, stale, opts, verify, &crep)
+	err = v.convertAll(ctx, stale, opts, verify, false, &crep)
 	rep.Converted, rep.Bytes = crep.Converted, crep.Bytes
 	rep.Objects = len(inv.objects) - len(stale) + crep.Converted
 	rep.Duration = time.Since(start)
@@ -312,5 +316,12 @@ func Shred(ctx context.Context, vmPath string) (RekeyReport, error) {
 	}
 	err = v.setKeyOp("shred")
 	rep.Duration = time.Since(start)
+	if keys, kerr := vmKeys(v.path); kerr == nil {
+		for _, k := range keys {
+			if k.State == "destroyed" {
+				rep.Destroyed = append(rep.Destroyed, k)
+			}
+		}
+	}
 	return rep, err
 }

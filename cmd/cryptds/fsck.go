@@ -17,6 +17,7 @@ import (
 	"github.com/cryptds/cryptds/keyring"
 	"github.com/cryptds/cryptds/objcrypt"
 	"github.com/cryptds/cryptds/vmctl"
+	"github.com/cryptds/cryptds/vmreg"
 )
 
 func fsckCommand() *cli.Command {
@@ -68,6 +69,11 @@ func fsckAction(c *cli.Context) error {
 		id, err := parseDatastoreID(ds, raw)
 		if err != nil {
 			return err
+		}
+		if reg, err := vmreg.Open(vmRecordPath(c.String("state-dir"), id)); err != nil {
+			log.Warn("cannot read the mount's VM record; placement checks use the backing policies only", "err", err)
+		} else {
+			opts.VMs = reg.All()
 		}
 		recs, err := journal.Pending(journalPath(c.String("state-dir"), id))
 		if err != nil {

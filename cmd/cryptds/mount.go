@@ -262,6 +262,9 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 		DatastoreID: dsID,
 		KMSName:     ks.kmsID,
 		JournalPath: jpath,
+		// The VM record is the host's own knowledge of which directories
+		// are encrypted VMs; it must not live on the backing store.
+		VMRecordPath: vmRecordPath(c.String("state-dir"), dsID),
 	}
 	if exp != nil {
 		fcfg.Observe = exp.ObserveOp
@@ -302,6 +305,12 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 // writes it, fsck reads it).
 func journalPath(stateDir, dsID string) string {
 	return filepath.Join(stateDir, "journal", dsID)
+}
+
+// vmRecordPath is where the mount keeps its record of datastore dsID's
+// encrypted VMs (mount writes it, fsck reads it).
+func vmRecordPath(stateDir, dsID string) string {
+	return filepath.Join(stateDir, "vms", dsID+".json")
 }
 
 // kmsEndpointOf names the KMS endpoint(s) a KMIP client error came from,

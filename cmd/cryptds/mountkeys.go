@@ -29,6 +29,12 @@ func (k mountKeys) NewKEK(ctx context.Context, name string) (string, error) {
 	return id, keyErrno(err)
 }
 
+// LocateKEKs is the ring's LocateKEKs with its errors given an errno.
+func (k mountKeys) LocateKEKs(ctx context.Context, name string) ([]string, error) {
+	ids, err := k.Ring.LocateKEKs(ctx, name)
+	return ids, keyErrno(err)
+}
+
 // keyErrno puts the errno first in err's chain, where fs looks for it:
 // EKEYREVOKED for a key the KMS refuses for good (destroyed, revoked,
 // withdrawn from this host), ENOKEY for one it cannot be asked for now.

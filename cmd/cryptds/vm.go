@@ -387,8 +387,12 @@ func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
 	switch r.Mode {
 	case "shred":
 		fmt.Fprintf(w, "shredded %s: %d encrypted objects are now unreadable\n", r.VM, r.Objects)
-		for _, k := range r.OldKEKs {
-			fmt.Fprintf(w, "  destroyed kek: %s\n", k)
+		for _, k := range r.Destroyed {
+			until := k.Until
+			if until == "" {
+				until = "the shred"
+			}
+			fmt.Fprintf(w, "  destroyed kek %s: kills every copy encrypted under it, including ciphertext backups taken from %s to %s\n", k.ID, k.Since, until)
 		}
 		return nil
 	case "deep":
