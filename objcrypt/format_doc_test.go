@@ -322,6 +322,13 @@ func TestDocsNameRealTests(t *testing.T) {
 			}
 		}
 	}
+	// Tests of other packages are cited qualified: `fs.TestX`.
+	qualified := regexp.MustCompile("`([a-z]+)\\.((?:Test|Fuzz)[A-Za-z0-9]+)`")
+	for _, m := range qualified.FindAllStringSubmatch(threat, -1) {
+		if !funcIn(t, filepath.Join("..", m[1]), m[2]) {
+			t.Errorf("THREAT-MODEL.md cites %s.%s, which does not exist", m[1], m[2])
+		}
+	}
 	for name := range funcs {
 		if strings.HasPrefix(name, "TestTamper") || strings.HasPrefix(name, "TestNotDetected") || strings.HasPrefix(name, "TestNotProtected") {
 			if !strings.Contains(threat, "`"+name+"`") {
@@ -329,4 +336,24 @@ func TestDocsNameRealTests(t *testing.T) {
 			}
 		}
 	}
+}
+
+// funcIn reports whether a _test.go file of directory dir declares the
+// top-level function name.
+func funcIn(t *testing.T, dir, name string) bool {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	fset := token.NewFileSet()
+	for _, f := range files {
+		af, err := parser.ParseFile(fset, f, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range af.Decls {
+			if fd, ok := d.(*ast.FuncDecl); ok && fd.Recv == nil && fd.Name.Name == name {
+				return true
+			}
+		}
+	}
+	return false
 }
