@@ -10,7 +10,8 @@ GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-60s}
 targets=(
 	"./objcrypt FuzzParseHeader" "./objcrypt FuzzParsePolicy" "./objcrypt FuzzDecryptBlock"
-	"./objcrypt FuzzOffsets" "./internal/mountinfo FuzzParse" "./journal FuzzParse"
+	"./objcrypt FuzzOffsets" "./objcrypt FuzzParseDatastoreID" "./internal/mountinfo FuzzParse" "./journal FuzzParse"
+	"./vmreg FuzzParse"
 )
 failed=0
 for t in "${targets[@]}"; do
