@@ -132,6 +132,9 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 func (f *cryptFile) truncate(size uint64) error {
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
+	if f.o.revoked.Load() {
+		return f.r.errShredded(f.n.relPath(), f.o.kek)
+	}
 	return f.truncateLocked(size)
 }
 
@@ -143,6 +146,9 @@ func (f *cryptFile) truncate(size uint64) error {
 func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
+	if f.o.revoked.Load() {
+		return toErrno(f.r.errShredded(f.n.relPath(), f.o.kek))
+	}
 	var err error
 	switch mode {
 	case 0, unix.FALLOC_FL_KEEP_SIZE:

@@ -284,6 +284,11 @@ func TestShred(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
+	w, err := os.OpenFile(tf.m("vm/vmx"), os.O_RDWR, 0) // a writer, as a running VM has
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
 	// Leave one header under the old KEK (a missed object): shred must
 	// destroy that KEK too.
 	mustWrite(t, tf.m("plainvm-file"), nil)
@@ -299,6 +304,16 @@ func TestShred(t *testing.T) {
 	buf := make([]byte, 10)
 	if _, err := h.ReadAt(buf, 0); !errors.Is(err, syscall.EKEYREVOKED) {
 		t.Errorf("read on an open handle after shred: %v, want EKEYREVOKED", err)
+	}
+	// Nothing changes a shredded object through a handle opened before.
+	if err := w.Truncate(5000); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("ftruncate on an open handle after shred: %v, want EKEYREVOKED", err)
+	}
+	if err := unix.Fallocate(int(w.Fd()), 0, 0, 1<<20); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("fallocate on an open handle after shred: %v, want EKEYREVOKED", err)
+	}
+	if err := unix.Fallocate(int(w.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); !errors.Is(err, syscall.EKEYREVOKED) {
+		t.Errorf("punch hole on an open handle after shred: %v, want EKEYREVOKED", err)
 	}
 	for _, p := range []string{"vm/disk", "vm/vmx", "vm/sub/nvram"} {
 		if _, err := os.ReadFile(tf.m(p)); !errors.Is(err, syscall.EKEYREVOKED) {
