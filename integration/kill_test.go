@@ -116,6 +116,12 @@ func rereadAfterKill(t *testing.T, m *mountProc, f *os.File, remount func() *mou
 	if !waitFor(5*time.Second, said) { // the log reaches us through a pipe copier
 		t.Errorf("the new daemon did not say it detached the dead mount:\n%s", m.stderr.String())
 	}
+	// startMount saw the dead mount as a mount point: wait for the new one
+	// (else the read below can hit the bare directory in between).
+	mounted := func() bool { return strings.Contains(m.stderr.String(), "msg=mounted") }
+	if !waitFor(30*time.Second, mounted) {
+		t.Fatalf("the new daemon did not mount:\n%s", m.stderr.String())
+	}
 	got, err := os.ReadFile(f.Name())
 	if err != nil {
 		t.Fatalf("read after crash: %v\nthe new daemon's log:\n%s", err, m.stderr.String())
