@@ -211,11 +211,11 @@ func TestAttackShredOtherVMsKeys(t *testing.T) {
 	}
 	out := mustCLI(t, "vm", "shred", "--yes", vm1)
 	for _, id := range []string{first.KEKID, second.KEKID} {
-		if !strings.Contains(out, "destroyed kek "+id) {
+		if !strings.Contains(out, "destroyed kek "+id+":") {
 			t.Errorf("shred output does not list KEK %s:\n%s", id, out)
 		}
 	}
-	if strings.Contains(out, pol2.KEKID+":") {
+	if strings.Contains(out, "destroyed kek "+pol2.KEKID+":") {
 		t.Errorf("shred output lists VM 2's KEK:\n%s", out)
 	}
 	m.stop()
