@@ -40,6 +40,8 @@
 //     range to 4 KiB and read it through a second, O_DIRECT descriptor
 //     unless cachestat(2) finds it all cached; writes of 128 KiB or more
 //     whose stored range is 4 KiB aligned go through it too (directread.go).
+//     DIRECT_IO_ALLOW_MMAP lets such handles be mapped shared (Linux 6.6
+//     and later; older kernels refuse the mapping with ENODEV).
 //   - HANDLE_KILLPRIV_V2 is negotiated, so a buffered write is one request
 //     instead of GETXATTR(security.capability) + WRITE; killPrivFS clears
 //     suid/sgid where the kernel now leaves it to the daemon.

@@ -51,7 +51,10 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
-// (killPrivFS). The page cache survives writes and opens (explicit data
+// (killPrivFS), and DIRECT_IO_ALLOW_MMAP so a file opened O_DIRECT can be
+// mapped shared and writable as on ext4 (Linux 6.6 and later; the kernel
+// keeps the mapping coherent with the handle's direct I/O by writing back
+// and dropping the range before each direct request). The page cache survives writes and opens (explicit data
 // cache control and FOPEN_KEEP_CACHE, pagecache.go). Write-back caching
 // stays off: a write would return before its ciphertext reached the
 // backing store, so a later ENOSPC or EIO would lose a write that had
@@ -79,7 +82,7 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			MaxBackground:        64,
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
-			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2,
+			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 			// The page cache survives writes and opens; pagecache.go
 			// says who drops it instead.
 			ExplicitDataCacheControl: true,
