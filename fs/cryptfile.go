@@ -77,6 +77,9 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 }
 
 func (f *cryptFile) write(data []byte, off int64) (uint32, syscall.Errno) {
+	if errno := checkPlainEnd(uint64(off), uint64(len(data))); errno != 0 {
+		return 0, errno
+	}
 	if handled, trim, err := f.writeWholeBlocks(data, uint64(off)); handled {
 		if trim != nil {
 			f.o.mu.Lock()
@@ -130,9 +133,22 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 
 // truncate sets the plaintext size.
 func (f *cryptFile) truncate(size uint64) error {
+	if errno := checkPlainEnd(size, 0); errno != 0 {
+		return errno
+	}
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
 	return f.truncateLocked(size)
+}
+
+// checkPlainEnd refuses, with EFBIG as a local filesystem does, a range
+// ending past the largest object whose backing offsets fit an off_t (the
+// backing pwrite would fail with EINVAL instead).
+func checkPlainEnd(off, n uint64) syscall.Errno {
+	if off > objcrypt.MaxPlainSize || n > objcrypt.MaxPlainSize-off {
+		return syscall.EFBIG
+	}
+	return 0
 }
 
 // Allocate supports every mode the kernel passes to a FUSE daemon: mode 0
