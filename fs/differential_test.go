@@ -460,6 +460,10 @@ func posixSteps() []posixStep {
 		{"O_CREAT|O_EXCL on a dir", func(d string) (string, error) {
 			return none(openClose(j(d, "d/sub"), unix.O_CREAT|unix.O_EXCL|unix.O_RDONLY))
 		}},
+		{"SEEK_HOLE/SEEK_DATA around unwritten extents", func(d string) (string, error) { return seekUnwrittenStep(j(d, "d/fa")) }},
+		{"SEEK_HOLE/SEEK_DATA over dirty pages in unwritten extents", func(d string) (string, error) {
+			return seekDirtyStep(j(d, "d/fd"))
+		}},
 		{"default ACL on create", func(d string) (string, error) { return defaultACLStep(j(d, "d/acl")) }},
 		{"file with a trailing slash", func(d string) (string, error) { return stat(j(d, "d/h2") + "/") }},
 		{"rename to a trailing slash", func(d string) (string, error) { return none(unix.Rename(j(d, "d/h2"), j(d, "d/zz")+"/")) }},
@@ -567,4 +571,72 @@ func createMode(p string, mode uint32) error {
 		return err
 	}
 	return unix.Close(fd)
+}
+
+// seekReport is SEEK_DATA and SEEK_HOLE from each offset of fd, in KiB.
+func seekReport(fd int, offs ...int64) string {
+	var out []string
+	for _, off := range offs {
+		for _, w := range []struct {
+			name   string
+			whence int
+		}{{"data", unix.SEEK_DATA}, {"hole", unix.SEEK_HOLE}} {
+			r, err := unix.Seek(fd, off<<10, w.whence)
+			out = append(out, fmt.Sprintf("%s(%dK)=%s", w.name, off, outcome(fmt.Sprint(r>>10, "K"), err)))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// seekUnwrittenStep writes [0, 56 KiB), fallocates up to 256 KiB (unwritten
+// extents), writes [128, 132) KiB and punches [16, 24) KiB, then reports
+// SEEK_DATA and SEEK_HOLE around every edge: block precision, unwritten
+// extents are holes.
+func seekUnwrittenStep(p string) (string, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if _, err := f.WriteAt(bytes.Repeat([]byte{7}, 56<<10), 0); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := unix.Fallocate(fd, 0, 0, 256<<10); err != nil {
+		return "", err
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{8}, 4<<10), 128<<10); err != nil {
+		return "", err
+	}
+	if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 16<<10, 8<<10); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	return seekReport(fd, 0, 12, 16, 20, 24, 52, 56, 60, 100, 128, 130, 132, 255), nil
+}
+
+// seekDirtyStep fallocates first and writes into the unwritten extents
+// without syncing (dirty pages on the backing store), then reports as
+// seekUnwrittenStep does.
+func seekDirtyStep(p string) (string, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if err := unix.Fallocate(fd, 0, 0, 256<<10); err != nil {
+		return "", err
+	}
+	for _, off := range []int64{0, 60, 64, 200} {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{9}, 4<<10), off<<10); err != nil {
+			return "", err
+		}
+	}
+	return seekReport(fd, 0, 4, 8, 60, 64, 68, 196, 200, 204), nil
 }
