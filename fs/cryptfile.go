@@ -55,6 +55,9 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
 	}
+	if !f.direct {
+		f.n.cache.served.mark(off, len(dest)) // pagecache.go
+	}
 	first, count := objcrypt.BlockRange(uint64(off), uint64(len(dest)))
 	tok := f.o.blocks.lock(first, first+count, false)
 	defer f.o.blocks.unlock(tok)
@@ -71,9 +74,8 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	if !f.direct {
 		return f.write(data, off)
 	}
-	w := f.n.watchDirectWrite()
 	n, errno := f.write(data, off)
-	f.n.dropAfterDirectWrite(w, off, len(data)) // a failed write may have changed part of the range
+	f.n.dropAfterDirectWrite(off, len(data)) // a failed write may have changed part of the range
 	return n, errno
 }
 

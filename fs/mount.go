@@ -15,6 +15,13 @@ import (
 // split over the crypto pool (PERF.md).
 const maxWrite = 1 << 20
 
+// maxBackground is the kernel's limit of asynchronous requests in flight
+// (read-ahead, async direct I/O). It is far above any I/O depth a host's
+// VMs use because a direct write waits for the page cache drop of its
+// range, which may wait for a read-ahead that needs a free slot
+// (pagecache.go, directDropWait); congestion starts at 3/4 of it.
+const maxBackground = 4096
+
 // MountOptions are the mount knobs the command line exposes.
 type MountOptions struct {
 	AllowOther bool   // let other users (QEMU, backup agents) use the mount
@@ -79,7 +86,7 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			Name:                 "cryptds",
 			DirectMount:          true,
 			MaxWrite:             maxWrite,
-			MaxBackground:        64,
+			MaxBackground:        maxBackground,
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
 			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_DIRECT_IO_ALLOW_MMAP,
