@@ -107,3 +107,66 @@ func TestFstabMount(t *testing.T) {
 		t.Errorf("bogus option: err %v, output %s", err, out)
 	}
 }
+
+// TestFstabRemountCycles unmounts with umount(8) and mounts again at once
+// through mount(8), 50 times, writing a file before each unmount: a mount
+// that follows a completed unmount must succeed every time, although the
+// previous daemon is still exiting and holds the datastore's journal for
+// a few milliseconds more (the new daemon waits for it and says so).
+func TestFstabRemountCycles(t *testing.T) {
+	requireRoot(t)
+	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
+	backing, mnt, state := dirs(t)
+	installHelper(t)
+	cfg := filepath.Join(t.TempDir(), "ds.toml")
+	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
+	logf := filepath.Join(t.TempDir(), "daemon.log")
+	t.Cleanup(func() {
+		if isMounted(mnt) {
+			exec.Command("umount", mnt).Run()
+		}
+	})
+	mount := func(i int) {
+		t.Helper()
+		out, err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt, "-o", "config="+cfg+",log="+logf).CombinedOutput()
+		if err != nil {
+			b, _ := os.ReadFile(logf)
+			t.Fatalf("cycle %d: mount right after umount: %v\n%s\ndaemon log (last lines):\n%s", i, err, out, tail(string(b), 20))
+		}
+	}
+	mount(0)
+	vm := filepath.Join(mnt, "vm1")
+	if err := os.Mkdir(vm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	encryptDir(t, vm)
+	const cycles = 50
+	for i := range cycles {
+		data := pattern(fmt.Sprintf("CYCLE-%03d-", i), 64<<10+i)
+		if err := os.WriteFile(filepath.Join(vm, fmt.Sprintf("f%03d", i)), data, 0o600); err != nil {
+			t.Fatalf("cycle %d: write: %v", i, err)
+		}
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Fatalf("cycle %d: umount: %v\n%s", i, err, out)
+		}
+		mount(i + 1)
+	}
+	for i := range cycles {
+		want := pattern(fmt.Sprintf("CYCLE-%03d-", i), 64<<10+i)
+		got, err := os.ReadFile(filepath.Join(vm, fmt.Sprintf("f%03d", i)))
+		if err != nil || string(got) != string(want) {
+			t.Errorf("file of cycle %d after %d remounts: %d bytes, %v", i, cycles, len(got), err)
+		}
+	}
+	if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(logf)
+	t.Logf("%d of %d mounts waited for the previous daemon", strings.Count(string(b), "waiting for the previous daemon"), cycles)
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(ls[max(0, len(ls)-n):], "\n")
+}

@@ -266,7 +266,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if exp != nil {
 		fcfg.Observe = exp.ObserveOp
 	}
-	root, err := cfs.NewRoot(fcfg)
+	root, err := newRootAfterPrevious(c.Context, fcfg, func() bool { return datastoreMounted(datastore) }, log)
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
 	}
