@@ -112,6 +112,8 @@ type testOpts struct {
 	maxPathFDs int
 	// journal is Config.JournalPath: "" a new one in a temp dir, "-" none.
 	journal string
+	// readOnly mounts read-only (MountOptions.ReadOnly; give journal "-").
+	readOnly bool
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -156,7 +158,7 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	if o.pread != nil {
 		r.pread = o.pread
 	}
-	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
+	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, ReadOnly: o.readOnly, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ type MountOptions struct {
 	AllowOther bool   // let other users (QEMU, backup agents) use the mount
 	Debug      bool   // trace every FUSE request to stderr
 	FsName     string // first column of /proc/mounts; default: the backing directory
+	// ReadOnly mounts read-only: the kernel and the daemon (readOnlyFS)
+	// refuse every change with EROFS. Give the Root no journal.
+	ReadOnly bool
 }
 
 // attrTimeout is the kernel attribute and entry cache lifetime. The daemon
@@ -97,7 +100,12 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 	}
 	// gofs.Mount, with killPrivFS between the kernel and the node API,
 	// which does not see the requests' kill flags.
-	raw := &killPrivFS{RawFileSystem: gofs.NewNodeFS(r, opts)}
+	var raw fuse.RawFileSystem = &killPrivFS{RawFileSystem: gofs.NewNodeFS(r, opts)}
+	if mo.ReadOnly {
+		raw = &readOnlyFS{RawFileSystem: raw}
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro") // for fusermount
+		opts.MountOptions.DirectMountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY
+	}
 	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)
