@@ -62,8 +62,13 @@
 //   - The page cache survives writes and opens (explicit data cache control,
 //     FOPEN_KEEP_CACHE on every open): an open of a file nobody has open
 //     for writing drops it if the backing file changed behind the mount
-//     (close-to-open), and O_DIRECT writes drop their range while buffered
-//     handles are open (pagecache.go).
+//     (close-to-open), and O_DIRECT writes drop what of their range the
+//     daemon has served to buffered reads (pagecache.go).
+//   - statfs block counts are scaled to the plaintext one encrypted file
+//     can hold in them (node.go), so df never promises more than fits.
+//   - A read-only mount (MountOptions.ReadOnly) is MS_RDONLY and its
+//     daemon refuses every change itself (readonly.go): it is not told
+//     about remount,rw.
 //   - No write-back cache: a write would return before its ciphertext
 //     reached the backing store, and a later ENOSPC or EIO would lose it.
 //   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image
