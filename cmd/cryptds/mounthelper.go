@@ -60,7 +60,10 @@ func helperIgnored(name string) bool {
 		"atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
 		"diratime", "nodiratime", "lazytime", "nolazytime",
 		"iversion", "noiversion", "mand", "nomand", "symfollow", "nosymfollow",
-		"silent", "loud", "async", "default_permissions":
+		"silent", "loud", "async", "default_permissions",
+		// the kernel's FUSE options, which mount(8) copies from the mount
+		// table on remount
+		"user_id", "group_id", "max_read", "rootmode", "fd", "blksize":
 		return true
 	}
 	return strings.HasPrefix(name, "x-")

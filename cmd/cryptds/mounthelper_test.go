@@ -55,6 +55,7 @@ func TestHelperGenericOptions(t *testing.T) {
 		{"rw", "", false},
 		{"remount,ro", "--read-only", true},
 		{"remount,rw", "", true},
+		{"rw,nosuid,nodev,relatime,user_id=0,group_id=0,default_permissions,allow_other,max_read=1048576,remount", "--allow-other", true},
 	} {
 		p, err := parseHelperArgs([]string{"/srv/ds", "/mnt/ds", "-o", c.opts})
 		if err != nil {
