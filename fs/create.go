@@ -260,6 +260,9 @@ func (r *Root) fixTmpfile(ctx context.Context, dfd, fd int, mode uint32) error {
 			return fmt.Errorf("chown new object: %w", err)
 		}
 	}
+	if inheritsDefaultACL(dfd) {
+		return nil // acl.go
+	}
 	if err := unix.Fchmod(fd, mode&07777); err != nil {
 		return fmt.Errorf("chmod new object: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/cryptds/cryptds/objcrypt"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -54,6 +55,9 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
 	}
+	if !f.direct {
+		f.n.cache.served.mark(off, len(dest)) // pagecache.go
+	}
 	first, count := objcrypt.BlockRange(uint64(off), uint64(len(dest)))
 	tok := f.o.blocks.lock(first, first+count, false)
 	defer f.o.blocks.unlock(tok)
@@ -70,13 +74,15 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	if !f.direct {
 		return f.write(data, off)
 	}
-	w := f.n.watchDirectWrite()
 	n, errno := f.write(data, off)
-	f.n.dropAfterDirectWrite(w, off, len(data)) // a failed write may have changed part of the range
+	f.n.dropAfterDirectWrite(off, len(data)) // a failed write may have changed part of the range
 	return n, errno
 }
 
 func (f *cryptFile) write(data []byte, off int64) (uint32, syscall.Errno) {
+	if errno := checkPlainEnd(uint64(off), uint64(len(data))); errno != 0 {
+		return 0, errno
+	}
 	if handled, trim, err := f.writeWholeBlocks(data, uint64(off)); handled {
 		if trim != nil {
 			f.o.mu.Lock()
@@ -130,12 +136,25 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 
 // truncate sets the plaintext size.
 func (f *cryptFile) truncate(size uint64) error {
+	if errno := checkPlainEnd(size, 0); errno != 0 {
+		return errno
+	}
 	f.o.mu.Lock()
 	defer f.o.mu.Unlock()
 	if f.o.revoked.Load() {
 		return f.r.errShredded(f.n.relPath(), f.o.kek)
 	}
 	return f.truncateLocked(size)
+}
+
+// checkPlainEnd refuses, with EFBIG as a local filesystem does, a range
+// ending past the largest object whose backing offsets fit an off_t (the
+// backing pwrite would fail with EINVAL instead).
+func checkPlainEnd(off, n uint64) syscall.Errno {
+	if off > objcrypt.MaxPlainSize || n > objcrypt.MaxPlainSize-off {
+		return syscall.EFBIG
+	}
+	return 0
 }
 
 // Allocate supports every mode the kernel passes to a FUSE daemon: mode 0
@@ -163,13 +182,15 @@ func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 	return toErrno(err)
 }
 
-// Lseek maps SEEK_DATA/SEEK_HOLE through the backing file. A plaintext
-// block counts as data when any byte of its stored range lies in a backing
-// data extent, and as a hole only when none does; lseek(2) allows holes to
-// be reported as data, never the reverse. Both answers follow the same
-// rule, so a caller alternating SEEK_DATA and SEEK_HOLE always advances
-// (stored blocks are not page aligned: a block can start in a backing hole
-// and end in data).
+// Lseek maps SEEK_DATA/SEEK_HOLE through the backing file, at block
+// precision: a plaintext block is data when its stored range holds a
+// stored block, that is when it lies in a backing data extent and, for a
+// block that only partly does (stored blocks are not page aligned, so the
+// block next to data shares a backing page with it), when its stored bytes
+// are not all zero (all-zero stored blocks read as zeros: holes). Unwritten
+// extents are holes, as on ext4; the backing filesystem counts its own
+// dirty pages over them as data. Both answers follow the same rule, so a
+// caller alternating SEEK_DATA and SEEK_HOLE always advances.
 func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	f.o.mu.RLock()
 	defer f.o.mu.RUnlock()
@@ -187,43 +208,110 @@ func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint6
 	if off >= psize {
 		return 0, syscall.ENXIO
 	}
-	blk := objcrypt.BlockOfPlainOffset(off)
-	if whence == unix.SEEK_DATA {
-		d, ok, err := f.backingSeek(objcrypt.CipherOffsetOfBlock(blk), unix.SEEK_DATA, csize)
-		if err != nil {
-			return 0, toErrno(err)
-		}
-		if !ok {
-			return 0, syscall.ENXIO
-		}
-		p := (d - objcrypt.HeaderRegionSize) / objcrypt.CipherBlockSize * objcrypt.PlainBlockSize
-		return max(p, off), 0
-	}
-	for {
-		c := objcrypt.CipherOffsetOfBlock(blk)
-		if c >= csize {
+	for blk := objcrypt.BlockOfPlainOffset(off); ; {
+		if objcrypt.CipherOffsetOfBlock(blk) >= csize {
+			if whence == unix.SEEK_DATA {
+				return 0, syscall.ENXIO
+			}
 			return psize, 0
 		}
-		blockEnd := min(c+objcrypt.CipherBlockSize, csize)
-		d, ok, err := f.backingSeek(c, unix.SEEK_DATA, csize)
+		s, err := f.blockState(blk, csize)
 		if err != nil {
 			return 0, toErrno(err)
 		}
-		if !ok || d >= blockEnd {
-			return min(max(objcrypt.PlainOffsetOfBlock(blk), off), psize), 0 // no data in this block
+		if s.data == (whence == unix.SEEK_DATA) {
+			return min(max(objcrypt.PlainOffsetOfBlock(blk), off), psize), 0
 		}
+		blk = max(s.next, blk+1)
+	}
+}
+
+// blockStateOf is what Lseek learns about one block: whether it holds data,
+// and the next block whose answer may differ.
+type blockStateOf struct {
+	data bool
+	next uint64
+}
+
+// blockState tells whether block blk holds a stored block, asking the
+// backing filesystem for its extents: a block wholly in written extents
+// (FIEMAP; where there is none, in SEEK_DATA's data) is data, one wholly in
+// holes is a hole, and any other is read.
+func (f *cryptFile) blockState(blk, csize uint64) (blockStateOf, error) {
+	c := objcrypt.CipherOffsetOfBlock(blk)
+	end := min(c+objcrypt.CipherBlockSize, csize)
+	blockOf := func(cipherOff uint64) uint64 {
+		return (cipherOff - objcrypt.HeaderRegionSize) / objcrypt.CipherBlockSize
+	}
+	d, ok, err := f.backingSeek(c, unix.SEEK_DATA, csize)
+	if err != nil {
+		return blockStateOf{}, err
+	}
+	if !ok {
+		return blockStateOf{next: blockOf(csize) + 1}, nil // no data up to the end
+	}
+	if d >= end {
+		return blockStateOf{next: blockOf(d)}, nil
+	}
+	if w, ok := writtenFrom(f.fd, c); ok {
+		if w >= end {
+			return blockStateOf{data: true, next: blockOf(w)}, nil
+		}
+	} else {
 		h, ok, err := f.backingSeek(d, unix.SEEK_HOLE, csize)
 		if err != nil {
-			return 0, toErrno(err)
+			return blockStateOf{}, err
 		}
 		if !ok {
-			return psize, 0
+			h = csize
 		}
-		// The first block starting at or after the backing hole is the next
-		// candidate; blocks straddling h hold data.
-		next := (h - objcrypt.HeaderRegionSize + objcrypt.CipherBlockSize - 1) / objcrypt.CipherBlockSize
-		blk = max(next, blk+1)
+		if d == c && h >= end {
+			return blockStateOf{data: true, next: blockOf(h)}, nil
+		}
 	}
+	zero, err := f.storedZero(c, end)
+	if err != nil {
+		return blockStateOf{}, err
+	}
+	return blockStateOf{data: !zero, next: blk + 1}, nil
+}
+
+// storedZero reports whether the backing range [off, end) is all zeros.
+// It reads through the O_DIRECT descriptor where there is one: a buffered
+// read of an unwritten extent would leave up-to-date zero pages in the
+// backing page cache, which the backing filesystem's SEEK_DATA then counts
+// as data, so each answer would spread data over the next block.
+func (f *cryptFile) storedZero(off, end uint64) (bool, error) {
+	var b []byte
+	if dfd := f.directFD(); dfd >= 0 {
+		start := off &^ (directAlign - 1)
+		stop := (end + directAlign - 1) &^ (directAlign - 1)
+		pb := alignedPool.Get().(*[]byte)
+		defer alignedPool.Put(pb)
+		skip := int(-uintptr(unsafe.Pointer(&(*pb)[0])) & (directAlign - 1))
+		buf := (*pb)[skip : skip+int(stop-start)]
+		got, err := preadAligned(f.r.pread, dfd, buf, int64(start), directAlign)
+		switch {
+		case err == nil:
+			b = buf[off-start : max(min(start+uint64(got), end), off)-start]
+		case !f.directRefused(err, got):
+			return false, fmt.Errorf("read stored block at %d: %w", off, err)
+		}
+	}
+	if b == nil {
+		b = make([]byte, end-off)
+		n, err := preadFull(f.fd, b, int64(off))
+		if err != nil {
+			return false, fmt.Errorf("read stored block at %d: %w", off, err)
+		}
+		b = b[:n]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // backingSeek is lseek(2) on the backing file; ok is false when there is

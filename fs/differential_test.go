@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -459,6 +460,11 @@ func posixSteps() []posixStep {
 		{"O_CREAT|O_EXCL on a dir", func(d string) (string, error) {
 			return none(openClose(j(d, "d/sub"), unix.O_CREAT|unix.O_EXCL|unix.O_RDONLY))
 		}},
+		{"SEEK_HOLE/SEEK_DATA around unwritten extents", func(d string) (string, error) { return seekUnwrittenStep(j(d, "d/fa")) }},
+		{"SEEK_HOLE/SEEK_DATA over dirty pages in unwritten extents", func(d string) (string, error) {
+			return seekDirtyStep(j(d, "d/fd"))
+		}},
+		{"default ACL on create", func(d string) (string, error) { return defaultACLStep(j(d, "d/acl")) }},
 		{"file with a trailing slash", func(d string) (string, error) { return stat(j(d, "d/h2") + "/") }},
 		{"rename to a trailing slash", func(d string) (string, error) { return none(unix.Rename(j(d, "d/h2"), j(d, "d/zz")+"/")) }},
 	}
@@ -495,4 +501,142 @@ func TestMatchesBackingFilesystem(t *testing.T) {
 			}
 		})
 	}
+}
+
+// posixACL is the system.posix_acl_* xattr value of entries {tag, perm, id}
+// (linux/posix_acl_xattr.h).
+func posixACL(entries ...[3]uint32) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 2) // POSIX_ACL_XATTR_VERSION
+	for _, e := range entries {
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[0]))
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[1]))
+		b = binary.LittleEndian.AppendUint32(b, e[2])
+	}
+	return b
+}
+
+// defaultACLStep makes directory dir with a default ACL narrower than the
+// umask and the modes asked for, creates one entry of every kind in it and
+// reports their modes and access ACLs: the ACL, not the mode asked for,
+// decides (create, mkdir, mknod, symlink, O_TMPFILE).
+func defaultACLStep(dir string) (string, error) {
+	const undef = 1<<32 - 1
+	acl := posixACL([3]uint32{0x01, 7, undef}, [3]uint32{0x02, 7, 1000}, [3]uint32{0x04, 5, undef},
+		[3]uint32{0x10, 5, undef}, [3]uint32{0x20, 0, undef}) // u::rwx u:1000:rwx g::r-x m::r-x o::---
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Setxattr(dir, "system.posix_acl_default", acl, 0); err != nil {
+		return "", err
+	}
+	j := filepath.Join
+	create := []struct {
+		name string
+		do   func() error
+	}{
+		{"file", func() error { return createMode(j(dir, "file"), 0o666) }},
+		{"dir", func() error { return os.Mkdir(j(dir, "dir"), 0o777) }},
+		{"fifo", func() error { return unix.Mkfifo(j(dir, "fifo"), 0o666) }},
+		{"mknod", func() error { return unix.Mknod(j(dir, "mknod"), unix.S_IFREG|0o666, 0) }},
+		{"symlink", func() error { return os.Symlink("file", j(dir, "symlink")) }},
+		{"tmpfile", func() error {
+			fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o666)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Linkat(fd, "", unix.AT_FDCWD, j(dir, "tmpfile"), unix.AT_EMPTY_PATH)
+		}},
+	}
+	var out []string
+	for _, c := range create {
+		if err := c.do(); err != nil {
+			return "", fmt.Errorf("%s: %w", c.name, err)
+		}
+		l, err := statLine(j(dir, c.name), false)
+		if err != nil {
+			return "", err
+		}
+		a := make([]byte, 256)
+		n, err := unix.Lgetxattr(j(dir, c.name), "system.posix_acl_access", a)
+		out = append(out, fmt.Sprintf("%s: %s acl=%x %v", c.name, l, a[:max(n, 0)], err))
+	}
+	return strings.Join(out, " / "), nil
+}
+
+// createMode creates p with open(O_CREAT) and mode.
+func createMode(p string, mode uint32) error {
+	fd, err := unix.Open(p, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, mode)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
+// seekReport is SEEK_DATA and SEEK_HOLE from each offset of fd, in KiB.
+func seekReport(fd int, offs ...int64) string {
+	var out []string
+	for _, off := range offs {
+		for _, w := range []struct {
+			name   string
+			whence int
+		}{{"data", unix.SEEK_DATA}, {"hole", unix.SEEK_HOLE}} {
+			r, err := unix.Seek(fd, off<<10, w.whence)
+			out = append(out, fmt.Sprintf("%s(%dK)=%s", w.name, off, outcome(fmt.Sprint(r>>10, "K"), err)))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// seekUnwrittenStep writes [0, 56 KiB), fallocates up to 256 KiB (unwritten
+// extents), writes [128, 132) KiB and punches [16, 24) KiB, then reports
+// SEEK_DATA and SEEK_HOLE around every edge: block precision, unwritten
+// extents are holes.
+func seekUnwrittenStep(p string) (string, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if _, err := f.WriteAt(bytes.Repeat([]byte{7}, 56<<10), 0); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := unix.Fallocate(fd, 0, 0, 256<<10); err != nil {
+		return "", err
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{8}, 4<<10), 128<<10); err != nil {
+		return "", err
+	}
+	if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 16<<10, 8<<10); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	return seekReport(fd, 0, 12, 16, 20, 24, 52, 56, 60, 100, 128, 130, 132, 255), nil
+}
+
+// seekDirtyStep fallocates first and writes into the unwritten extents
+// without syncing (dirty pages on the backing store), then reports as
+// seekUnwrittenStep does.
+func seekDirtyStep(p string) (string, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if err := unix.Fallocate(fd, 0, 0, 256<<10); err != nil {
+		return "", err
+	}
+	for _, off := range []int64{0, 60, 64, 200} {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{9}, 4<<10), off<<10); err != nil {
+			return "", err
+		}
+	}
+	return seekReport(fd, 0, 4, 8, 60, 64, 68, 196, 200, 204), nil
 }

@@ -41,8 +41,8 @@ func fixNew(ctx context.Context, dfd int, name string, mode uint32) error {
 			return fmt.Errorf("chown new %q: %w", name, err)
 		}
 	}
-	if mode&syscall.S_IFMT == syscall.S_IFLNK {
-		return nil
+	if mode&syscall.S_IFMT == syscall.S_IFLNK || inheritsDefaultACL(dfd) {
+		return nil // acl.go
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {

@@ -40,6 +40,8 @@
 //     range to 4 KiB and read it through a second, O_DIRECT descriptor
 //     unless cachestat(2) finds it all cached; writes of 128 KiB or more
 //     whose stored range is 4 KiB aligned go through it too (directread.go).
+//     DIRECT_IO_ALLOW_MMAP lets such handles be mapped shared (Linux 6.6
+//     and later; older kernels refuse the mapping with ENODEV).
 //   - HANDLE_KILLPRIV_V2 is negotiated, so a buffered write is one request
 //     instead of GETXATTR(security.capability) + WRITE; killPrivFS clears
 //     suid/sgid where the kernel now leaves it to the daemon.
@@ -60,8 +62,13 @@
 //   - The page cache survives writes and opens (explicit data cache control,
 //     FOPEN_KEEP_CACHE on every open): an open of a file nobody has open
 //     for writing drops it if the backing file changed behind the mount
-//     (close-to-open), and O_DIRECT writes drop their range while buffered
-//     handles are open (pagecache.go).
+//     (close-to-open), and O_DIRECT writes drop what of their range the
+//     daemon has served to buffered reads (pagecache.go).
+//   - statfs block counts are scaled to the plaintext one encrypted file
+//     can hold in them (node.go), so df never promises more than fits.
+//   - A read-only mount (MountOptions.ReadOnly) is MS_RDONLY and its
+//     daemon refuses every change itself (readonly.go): it is not told
+//     about remount,rw.
 //   - No write-back cache: a write would return before its ciphertext
 //     reached the backing store, and a later ENOSPC or EIO would lose it.
 //   - Locks are kernel-local (no lock ops): enough for QEMU's OFD image

@@ -118,6 +118,8 @@ type testOpts struct {
 	journal string
 	// vmRecord is the VM record file (Config.VMRecordPath); "": in memory.
 	vmRecord string
+	// readOnly mounts read-only (MountOptions.ReadOnly; give journal "-").
+	readOnly bool
 }
 
 // newTestFS mounts a fresh cryptds over a temp backing directory and
@@ -163,7 +165,7 @@ func newTestFS(t *testing.T, o testOpts) *testFS {
 	if o.pread != nil {
 		r.pread = o.pread
 	}
-	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
+	srv, err := MountRoot(tf.mnt, r, MountOptions{AllowOther: o.allowOther, ReadOnly: o.readOnly, Debug: os.Getenv("CRYPTDS_FUSE_DEBUG") != ""})
 	if err != nil {
 		t.Fatal(err)
 	}

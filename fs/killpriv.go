@@ -35,9 +35,8 @@ import (
 // Nothing is needed for security.capability: the backing filesystem drops
 // it on every write, truncate and chown, root's included
 // (TestKillPrivCapability). A chown is passed to the backing store, which
-// clears the bits as it would for the caller, except that a set-group-ID
-// bit without group execute survives a chown by a caller outside the
-// file's group (the daemon, as root, passes that check).
+// would clear them as for root; the kernel flags every chown, and
+// killOnChown clears them as for the caller.
 type killPrivFS struct {
 	fuse.RawFileSystem
 }
@@ -66,10 +65,15 @@ func (k *killPrivFS) beforeWrite(cancel <-chan struct{}, in *fuse.WriteIn) fuse.
 	return k.killSuidgid(cancel, in.InHeader)
 }
 
-// SetAttr clears the bits before a truncate by an unprivileged caller.
+// SetAttr clears the bits before a truncate by an unprivileged caller and
+// before a chown by anyone.
 func (k *killPrivFS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && in.Valid&fuse.FATTR_MODE == 0 {
-		if st := k.killSuidgid(cancel, in.InHeader); !st.Ok() {
+		kill := k.killSuidgid
+		if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+			kill = k.killOnChown
+		}
+		if st := kill(cancel, in.InHeader); !st.Ok() {
 			return st
 		}
 	}
@@ -148,8 +152,34 @@ func (k *killPrivFS) kill(cancel <-chan struct{}, h fuse.InHeader, checkCap bool
 	if kill == 0 || checkCap && procHasCap(h.Caller.Pid, unix.CAP_FSETID) {
 		return fuse.OK
 	}
-	in := &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{InHeader: h, Valid: fuse.FATTR_MODE, Mode: attr.Mode &^ kill &^ syscall.S_IFMT}}
-	return k.RawFileSystem.SetAttr(cancel, in, &attr)
+	return k.clearBits(cancel, h, attr.Mode, kill)
+}
+
+// killOnChown clears the bits a chown clears. The kernel flags every chown
+// of a non-directory, whatever the caller holds (fuse_do_setattr); a local
+// filesystem clears suid always, and sgid by setattr_should_drop_sgid: with
+// group execute, or when the caller is neither in the file's (old) group nor
+// holds CAP_FSETID. So root's chown keeps sgid without group execute.
+func (k *killPrivFS) killOnChown(cancel <-chan struct{}, h fuse.InHeader) fuse.Status {
+	var attr fuse.AttrOut
+	if st := k.RawFileSystem.GetAttr(cancel, &fuse.GetAttrIn{InHeader: h}, &attr); !st.Ok() {
+		return st
+	}
+	kill := killBits(attr.Mode, attr.Gid, h.Caller)
+	if kill&syscall.S_ISGID != 0 && attr.Mode&syscall.S_IXGRP == 0 && procHasCap(h.Caller.Pid, unix.CAP_FSETID) {
+		kill &^= syscall.S_ISGID
+	}
+	if kill == 0 {
+		return fuse.OK
+	}
+	return k.clearBits(cancel, h, attr.Mode, kill)
+}
+
+// clearBits removes kill from mode, the current mode of h.NodeId.
+func (k *killPrivFS) clearBits(cancel <-chan struct{}, h fuse.InHeader, mode, kill uint32) fuse.Status {
+	var out fuse.AttrOut
+	in := &fuse.SetAttrIn{SetAttrInCommon: fuse.SetAttrInCommon{InHeader: h, Valid: fuse.FATTR_MODE, Mode: mode &^ kill &^ syscall.S_IFMT}}
+	return k.RawFileSystem.SetAttr(cancel, in, &out)
 }
 
 // killBits returns the privilege bits a modification by caller clears from

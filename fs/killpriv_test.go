@@ -72,6 +72,18 @@ func TestKillPriv(t *testing.T) {
 		{"root's fallocate keeps both", "fallocate", 0, 0, 0, 0o6777, 0o6777},
 		{"copy_file_range clears the destination", "copy", nobody, 0, 0, 0o6777, 0o0777},
 		{"plain file mode untouched", "write", nobody, 0, 0, 0o0777, 0o0777},
+		{"direct write outside the group clears sgid without g+x", "direct", nobody, 0, 0, 0o6766, 0o0766},
+		{"direct write in the group keeps sgid without g+x", "direct", nobody, 0, nobody, 0o6766, 0o2766},
+		{"direct write by the owner clears suid", "direct", nobody, nobody, nobody, 0o4755, 0o0755},
+		{"direct write by root keeps both", "direct", 0, 0, 0, 0o6777, 0o6777},
+		{"async direct write clears", "aio", nobody, 0, 0, 0o6777, 0o0777},
+		{"async direct write by the owner clears suid", "aio", nobody, nobody, nobody, 0o4755, 0o0755},
+		{"async direct write by root keeps both", "aio", 0, 0, 0, 0o6777, 0o6777},
+		{"truncate by path clears", "truncate", nobody, 0, 0, 0o6777, 0o0777},
+		{"chown by the owner in the group keeps sgid without g+x", "chown", nobody, nobody, nobody, 0o2744, 0o2744},
+		{"chown by the owner outside the group clears sgid without g+x", "chown", nobody, nobody, 0, 0o2744, 0o0744},
+		{"chown by root keeps sgid without g+x", "chown", 0, nobody, nobody, 0o6744, 0o2744},
+		{"chown by root clears sgid with g+x", "chown", 0, nobody, nobody, 0o6754, 0o0754},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,11 +158,23 @@ func TestKillPrivChild(t *testing.T) {
 		if buf, err = unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE); err == nil {
 			err = writeAt(path, syscall.O_DIRECT, buf, 4096)
 		}
+	case "aio":
+		var fd int
+		if fd, err = unix.Open(path, unix.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
+			var ctx aioCtx
+			if ctx, err = newAIO(4); err == nil {
+				err = ctx.run([]aioOp{{write: true, fd: fd, buf: alignedBuf(4096), off: 4096}})
+				ctx.destroy()
+			}
+			unix.Close(fd)
+		}
 	case "trunc":
 		var fd int
 		if fd, err = unix.Open(path, unix.O_WRONLY|unix.O_TRUNC, 0); err == nil {
 			unix.Close(fd)
 		}
+	case "truncate":
+		err = unix.Truncate(path, 100)
 	case "ftruncate":
 		var fd int
 		if fd, err = unix.Open(path, unix.O_WRONLY, 0); err == nil {

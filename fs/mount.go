@@ -17,6 +17,13 @@ import (
 // split over the crypto pool (PERF.md).
 const maxWrite = 1 << 20
 
+// maxBackground is the kernel's limit of asynchronous requests in flight
+// (read-ahead, async direct I/O). It is far above any I/O depth a host's
+// VMs use because a direct write waits for the page cache drop of its
+// range, which may wait for a read-ahead that needs a free slot
+// (pagecache.go, directDropWait); congestion starts at 3/4 of it.
+const maxBackground = 4096
+
 // MountOptions are the mount knobs the command line exposes.
 type MountOptions struct {
 	AllowOther bool   // let other users (QEMU, backup agents) use the mount
@@ -24,6 +31,9 @@ type MountOptions struct {
 	FsName     string // first column of /proc/mounts; default: the backing directory
 	// DebugOut receives the Debug trace; nil: stderr.
 	DebugOut io.Writer
+	// ReadOnly mounts read-only: the kernel and the daemon (readOnlyFS)
+	// refuse every change with EROFS. Give the Root no journal.
+	ReadOnly bool
 }
 
 // attrTimeout is the kernel attribute and entry cache lifetime. The daemon
@@ -55,7 +65,10 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*fuse.Server, error)
 // Async direct I/O is requested so queued O_DIRECT requests (QEMU
 // cache=none, fio iodepth>1) reach the daemon in parallel, and
 // HANDLE_KILLPRIV_V2 so a buffered write is one request, not two
-// (killPrivFS). The page cache survives writes and opens (explicit data
+// (killPrivFS), and DIRECT_IO_ALLOW_MMAP so a file opened O_DIRECT can be
+// mapped shared and writable as on ext4 (Linux 6.6 and later; the kernel
+// keeps the mapping coherent with the handle's direct I/O by writing back
+// and dropping the range before each direct request). The page cache survives writes and opens (explicit data
 // cache control and FOPEN_KEEP_CACHE, pagecache.go). Write-back caching
 // stays off: a write would return before its ciphertext reached the
 // backing store, so a later ENOSPC or EIO would lose a write that had
@@ -80,10 +93,10 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 			Name:                 "cryptds",
 			DirectMount:          true,
 			MaxWrite:             maxWrite,
-			MaxBackground:        64,
+			MaxBackground:        maxBackground,
 			DisableSplice:        true, // we always build ReadResultData; splice cannot apply
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
-			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2,
+			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 			// The page cache survives writes and opens; pagecache.go
 			// says who drops it instead.
 			ExplicitDataCacheControl: true,
@@ -98,7 +111,12 @@ func MountRoot(mountpoint string, r *Root, mo MountOptions) (*fuse.Server, error
 	}
 	// gofs.Mount, with killPrivFS between the kernel and the node API,
 	// which does not see the requests' kill flags.
-	raw := &killPrivFS{RawFileSystem: gofs.NewNodeFS(r, opts)}
+	var raw fuse.RawFileSystem = &killPrivFS{RawFileSystem: gofs.NewNodeFS(r, opts)}
+	if mo.ReadOnly {
+		raw = &readOnlyFS{RawFileSystem: raw}
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro") // for fusermount
+		opts.MountOptions.DirectMountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_RDONLY
+	}
 	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s on %s: %w", r.cfg.Backing, mountpoint, err)

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,9 +36,11 @@ import (
 //     datastore has one writer: the mount).
 //   - O_DIRECT writes bypass the cache (FUSE direct I/O). The kernel drops
 //     the range before sending the write, but a buffered read racing the
-//     write can cache the old bytes again, so after a direct write, if a
-//     buffered handle was open at any time during it, the daemon drops the
-//     written range before replying (dropAfterDirectWrite). Concurrent
+//     write can cache the old bytes again, and the cache outlives the
+//     reader's handle, so after a direct write the daemon drops, before
+//     replying, every part of the written range it has served to a READ of
+//     a buffered handle since the last such drop (dropAfterDirectWrite,
+//     servedChunks). Concurrent
 //     buffered and O_DIRECT writes to the same pages are left undefined,
 //     as open(2) warns for every Linux filesystem.
 //   - Cache fills (fillaround.go) store pages only while no writable
@@ -57,8 +58,7 @@ type cacheGate struct {
 	stamp   backingStamp
 	stamped bool // stamp was taken: the cache is known to match it
 
-	buffered atomic.Int32  // handles without O_DIRECT open now
-	opens    atomic.Uint64 // handles without O_DIRECT ever opened
+	served servedChunks // what READs may have cached (dropAfterDirectWrite)
 }
 
 // backingStamp is what a change behind the mount alters on the backing
@@ -81,10 +81,6 @@ func stampOf(fd int) backingStamp {
 // handle keeps drops and fills out until it is released.
 func (n *node) cacheOpened(fd int, writable, direct bool) {
 	g := &n.cache
-	if !direct {
-		g.opens.Add(1)
-		g.buffered.Add(1)
-	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.waitIdleLocked()
@@ -121,9 +117,6 @@ func (n *node) dropCacheLocked() {
 // handle records the backing file as the cache now matches it.
 func (n *node) cacheReleased(fd int, writable, direct bool) {
 	g := &n.cache
-	if !direct {
-		g.buffered.Add(-1)
-	}
 	if !writable {
 		return
 	}
@@ -151,37 +144,36 @@ func (g *cacheGate) waitIdleLocked() {
 	}
 }
 
-// directWriteWatch is taken before an O_DIRECT write: whether a buffered
-// handle may read the range while it is written.
-type directWriteWatch struct {
-	open  bool
-	opens uint64
-}
-
-func (n *node) watchDirectWrite() directWriteWatch {
-	return directWriteWatch{open: n.cache.buffered.Load() > 0, opens: n.cache.opens.Load()}
-}
-
 // directDropWait bounds how long a direct write waits for the drop of its
-// range. The drop waits for page locks of buffered reads in flight; with
-// async direct I/O, enough queued writes waiting here could hold every
-// background slot such a read needs to reach the daemon. After the wait
-// the write replies and the drop completes on its own.
-const directDropWait = 100 * time.Millisecond
+// range. The drop waits for page locks of buffered reads in flight, which
+// may need a background slot to reach the daemon: with async direct I/O,
+// max_background queued writes waiting here would hold every slot, so the
+// mount raises max_background far above any I/O depth (maxBackground) and
+// the wait is bounded only as a last resort, with a warning: a write that
+// replies before its drop completes lets a buffered read return the old
+// bytes. A 100 ms bound was reached on a busy two-core host with 16
+// writes in flight, and buffered readers then read data older than a
+// completed write (TestAsyncDirectWritesAndBufferedReads).
+const directDropWait = 10 * time.Second
 
-// dropAfterDirectWrite drops [off, off+size) from the cache after an
-// O_DIRECT write, if a buffered handle was open at any time since w was
-// taken: its reads may have cached the old bytes after the kernel dropped
-// the range.
-func (n *node) dropAfterDirectWrite(w directWriteWatch, off int64, size int) {
-	g := &n.cache
-	if size == 0 || !w.open && g.buffered.Load() == 0 && g.opens.Load() == w.opens {
-		return
+// dropAfterDirectWrite drops from the cache, after an O_DIRECT write of
+// [off, off+size), the parts of the range the daemon has served to READs
+// of buffered handles: those may hold the old bytes, cached by a read that
+// raced the write after the kernel had dropped the range. Whether a
+// buffered handle is open does not matter: the cache outlives it.
+func (n *node) dropAfterDirectWrite(off int64, size int) {
+	for _, r := range n.cache.served.take(off, size) {
+		n.dropDirectRange(r[0], r[1])
 	}
+}
+
+// dropDirectRange drops [off, off+size) for a direct write, waiting at
+// most directDropWait.
+func (n *node) dropDirectRange(off, size int64) {
 	n.r.stats.cacheDrops.Add(1)
 	done := make(chan struct{})
 	go func() {
-		_ = n.NotifyContent(off, int64(size))
+		_ = n.NotifyContent(off, size)
 		close(done)
 	}()
 	t := time.NewTimer(directDropWait)
@@ -189,5 +181,65 @@ func (n *node) dropAfterDirectWrite(w directWriteWatch, off int64, size int) {
 	select {
 	case <-done:
 	case <-t.C:
+		n.r.log.Warn("cryptds: a direct write replies before the page cache dropped its range; buffered readers may see older data",
+			"file", n.relPath(), "off", off, "size", size, "waited", directDropWait)
 	}
+}
+
+// servedChunk is the granularity of servedChunks: one bit per 64 KiB keeps
+// the set of a fully read 100 GiB image at 200 KiB.
+const servedChunk = 64 << 10
+
+// servedChunks is the set of servedChunk ranges of a file whose data the
+// daemon has served to READs of buffered handles (page cache fills, mmap
+// faults) since a direct write last dropped them.
+type servedChunks struct {
+	mu   sync.Mutex
+	bits map[uint64]uint64 // chunk/64 -> bit chunk%64
+}
+
+// mark records that a READ of [off, off+n) is being served. It is called
+// before the backing read, so a direct write that completes after the
+// read began finds the mark.
+func (s *servedChunks) mark(off int64, n int) {
+	if n <= 0 || off < 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bits == nil {
+		s.bits = map[uint64]uint64{}
+	}
+	for c := uint64(off) / servedChunk; c <= (uint64(off)+uint64(n)-1)/servedChunk; c++ {
+		s.bits[c/64] |= 1 << (c % 64)
+	}
+}
+
+// take removes the marks of the chunks [off, off+n) touches and returns
+// the marked runs of whole chunks as (offset, length) pairs: a mark covers
+// its whole chunk, so the whole chunk is dropped with it.
+func (s *servedChunks) take(off int64, n int) [][2]int64 {
+	if n <= 0 || off < 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var runs [][2]int64
+	end := off + int64(n)
+	for c := uint64(off) / servedChunk; c <= uint64(end-1)/servedChunk; c++ {
+		w, bit := c/64, uint64(1)<<(c%64)
+		if s.bits[w]&bit == 0 {
+			continue
+		}
+		if s.bits[w] &^= bit; s.bits[w] == 0 {
+			delete(s.bits, w)
+		}
+		from, to := int64(c*servedChunk), int64(c+1)*servedChunk
+		if l := len(runs); l > 0 && runs[l-1][0]+runs[l-1][1] == from {
+			runs[l-1][1] = to - runs[l-1][0]
+		} else {
+			runs = append(runs, [2]int64{from, to - from})
+		}
+	}
+	return runs
 }

@@ -46,6 +46,9 @@ func (f *plainFile) handleNode() *node { return f.n }
 // Read is pread on the backing file.
 func (f *plainFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer f.n.r.opDone(OpRead, f.n.r.opStart())
+	if !f.direct {
+		f.n.cache.served.mark(off, len(dest))
+	}
 	n, err := preadFull(f.fd, dest, off)
 	if err != nil {
 		return nil, toErrno(err)
@@ -57,8 +60,7 @@ func (f *plainFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 func (f *plainFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer f.n.r.opDone(OpWrite, f.n.r.opStart())
 	if f.direct {
-		w := f.n.watchDirectWrite()
-		defer f.n.dropAfterDirectWrite(w, off, len(data)) // a failed write may have changed part of the range
+		defer f.n.dropAfterDirectWrite(off, len(data)) // a failed write may have changed part of the range
 	}
 	if err := pwriteFull(f.fd, data, off); err != nil {
 		return 0, toErrno(err)

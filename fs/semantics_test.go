@@ -508,8 +508,8 @@ func TestMetadataOps(t *testing.T) {
 	var sfs, bfs unix.Statfs_t
 	unix.Statfs(tf.mnt, &sfs)
 	unix.Statfs(tf.back, &bfs)
-	if sfs.Blocks != bfs.Blocks {
-		t.Fatal("statfs")
+	if want := storablePlainBlocks(bfs.Blocks, uint64(bfs.Bsize)); sfs.Blocks != want {
+		t.Fatalf("statfs: %d blocks, want %d (the backing %d scaled by the format's overhead)", sfs.Blocks, want, bfs.Blocks)
 	}
 	entries, _ := os.ReadDir(tf.m("vm"))
 	for _, e := range entries {

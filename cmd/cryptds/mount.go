@@ -54,6 +54,7 @@ func mountFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "key-cache", Value: defaultKeyCache, Usage: "where unwrapped keys are cached: memory, disk (encrypted, survives restarts) or off", EnvVars: []string{"CRYPTDS_KEY_CACHE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "key-ttl", Value: defaultKeyTTL, Usage: "how long a cached key is served without asking the KMS", EnvVars: []string{"CRYPTDS_KEY_TTL"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-other", Usage: "let other users (e.g. libvirt-qemu) use the mount; unix permissions are enforced", EnvVars: []string{"CRYPTDS_ALLOW_OTHER"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "read-only", Usage: "mount read-only: no write journal, no policy or key changes, opens for writing fail with EROFS (a backup host, a second view)", EnvVars: []string{"CRYPTDS_READ_ONLY"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (loopback host:port, e.g. 127.0.0.1:9523); off when empty", EnvVars: []string{"CRYPTDS_METRICS_LISTEN"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-listen-any", Usage: "allow a non-loopback --metrics-listen address (metrics reveal VM activity)", EnvVars: []string{"CRYPTDS_METRICS_LISTEN_ANY"}}),
@@ -250,9 +251,13 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	log.Debug("scheduler", "gomaxprocs", runtime.GOMAXPROCS(0), "crypto_workers", cpus)
 	pool := objcrypt.NewPool(cpus, 0)
 	defer pool.Close()
-	jpath := journalPath(c.String("state-dir"), dsID)
-	if err := os.MkdirAll(filepath.Dir(jpath), 0o700); err != nil {
-		return withCode(ExitMount, fmt.Errorf("journal directory: %w", err))
+	readOnly := c.Bool("read-only")
+	jpath := ""
+	if !readOnly { // a read-only mount writes nothing, so it journals nothing
+		jpath = journalPath(c.String("state-dir"), dsID)
+		if err := os.MkdirAll(filepath.Dir(jpath), 0o700); err != nil {
+			return withCode(ExitMount, fmt.Errorf("journal directory: %w", err))
+		}
 	}
 	fcfg := cfs.Config{
 		Backing:     datastore,
@@ -269,7 +274,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if exp != nil {
 		fcfg.Observe = exp.ObserveOp
 	}
-	root, err := cfs.NewRoot(fcfg)
+	root, err := newRootAfterPrevious(c.Context, fcfg, func() bool { return datastoreMounted(datastore) }, log)
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
 	}
@@ -278,7 +283,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 			log.Error("close the write journal", "err", err)
 		}
 	}()
-	server, err := cfs.MountRoot(mnt, root, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore)})
+	server, err := cfs.MountRoot(mnt, root, cfs.MountOptions{AllowOther: c.Bool("allow-other"), Debug: c.Bool("fuse-debug"), FsName: fsName(datastore), ReadOnly: readOnly})
 	if err != nil {
 		return withCode(ExitMount, fmt.Errorf("mount %s on %s: %w", datastore, mnt, err))
 	}
@@ -287,7 +292,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 			log.Error("metrics: cannot export mount counters", "err", err)
 		}
 	}
-	log.Info("mounted", "datastore", datastore, "mountpoint", mnt, "datastore_id", dsID, "key_cache", c.String("key-cache"))
+	log.Info("mounted", "datastore", datastore, "mountpoint", mnt, "datastore_id", dsID, "key_cache", c.String("key-cache"), "read_only", readOnly)
 	notify(log, "READY=1\nSTATUS=serving "+mnt)
 	rl := &reloader{c: c, pinned: pinned, file: c.String("config"), logs: logs, log: log,
 		live:      liveSettings{logFormat: c.String("log-format"), debug: c.Bool("debug"), keyTTL: ring.TTL()},

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,19 +41,29 @@ func helperOptions() map[string]helperOption {
 		"metrics_listen": {"--metrics-listen", true},
 		"log_format":     {"--log-format", true},
 		"debug":          {"--debug", false},
+		"ro":             {"--read-only", false},
 	}
 }
 
 // helperIgnored reports generic mount(8)/fstab options that mean nothing
-// to cryptds (or are always on: default_permissions); they are dropped
-// quietly.
+// to cryptds (or are always on: default_permissions, nosuid, nodev; or
+// always off: atime updates from reads, mandatory locks); they are dropped
+// quietly. Every option of mount(8)'s FILESYSTEM-INDEPENDENT MOUNT OPTIONS
+// is here except ro (--read-only), remount, and sync and dirsync, which
+// would promise synchronous writes to the backing disk that cryptds does
+// not make.
 func helperIgnored(name string) bool {
 	switch name {
 	case "rw", "defaults", "auto", "noauto", "nofail", "_netdev", "comment",
 		"user", "nouser", "users", "owner", "group",
 		"suid", "nosuid", "dev", "nodev", "exec", "noexec",
-		"atime", "noatime", "relatime", "norelatime", "strictatime",
-		"async", "default_permissions":
+		"atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
+		"diratime", "nodiratime", "lazytime", "nolazytime",
+		"iversion", "noiversion", "mand", "nomand", "symfollow", "nosymfollow",
+		"silent", "loud", "async", "default_permissions",
+		// the kernel's FUSE options, which mount(8) copies from the mount
+		// table on remount
+		"user_id", "group_id", "max_read", "rootmode", "fd", "blksize":
 		return true
 	}
 	return strings.HasPrefix(name, "x-")
@@ -64,6 +75,7 @@ type helperPlan struct {
 	mountArgs      []string // flags for `cryptds mount`
 	logFile        string
 	fake           bool // -f: do everything but mount
+	remount        bool // -o remount: change the flags of the mount at target
 }
 
 // parseHelperArgs turns `mount.fuse.cryptds SOURCE TARGET [-sfnv] [-t TYPE]
@@ -135,8 +147,9 @@ func parseHelperArgs(args []string) (*helperPlan, error) {
 		if helperIgnored(name) {
 			continue
 		}
-		if name == "ro" {
-			return nil, errors.New("read-only mounts are not supported (drop 'ro')")
+		if name == "remount" {
+			p.remount = true
+			continue
 		}
 		if !sloppy {
 			return nil, fmt.Errorf("unknown option %q (cryptds options: config=FILE, allow_other, dev_kms, state_dir=DIR, key_cache=MODE, key_ttl=DUR, metrics_listen=ADDR, log_format=FMT, debug, log=FILE)", o)
@@ -160,6 +173,9 @@ func runMountHelper(args []string, stderr io.Writer) int {
 	}
 	if p.fake {
 		return ExitOK
+	}
+	if p.remount {
+		return remountHelper(p, stderr)
 	}
 	if mountedHere(p.target, "") {
 		fmt.Fprintf(stderr, "%s: %s is already a mount point\n", helperName, p.target)
@@ -247,4 +263,24 @@ func lastLines(path string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, " | ")
+}
+
+// remountHelper serves `mount -o remount[,ro|rw] MOUNTPOINT`: the kernel
+// changes the mount's flags; the daemon is not told. A daemon started
+// --read-only keeps refusing changes with EROFS after remount,rw; one
+// started read-write is held read-only by the kernel after remount,ro.
+func remountHelper(p *helperPlan, stderr io.Writer) int {
+	if !mountedHere(p.target, fsName(p.source)) && !mountedHere(p.target, "") {
+		fmt.Fprintf(stderr, "%s: %s is not mounted\n", helperName, p.target)
+		return ExitMount
+	}
+	flags := uintptr(syscall.MS_REMOUNT | syscall.MS_NOSUID | syscall.MS_NODEV)
+	if slices.Contains(p.mountArgs, "--read-only") {
+		flags |= syscall.MS_RDONLY
+	}
+	if err := syscall.Mount("", p.target, "", flags, ""); err != nil {
+		fmt.Fprintf(stderr, "%s: remount %s: %v\n", helperName, p.target, err)
+		return ExitMount
+	}
+	return ExitOK
 }
