@@ -256,14 +256,22 @@ func (r *Ring) WithKEK(ctx context.Context, id string, fn func(objcrypt.Key) err
 // NewKEK creates a KEK named name at the KMS (never retried: Create is not
 // idempotent) and caches it, so the first KEK call for the new id is a hit.
 // If the create succeeds but the fetch fails, the id is returned with the
-// error, so the caller can retry KEK or destroy the orphan.
+// error, so the caller can retry KEK or destroy the orphan. Errors are
+// *KeyError as for KEK (ID is then the name when the create failed).
 func (r *Ring) NewKEK(ctx context.Context, name string) (string, error) {
 	if r.closed.Load() {
 		return "", ErrClosed
 	}
 	id, err := r.src.CreateKEK(ctx, name)
 	if err != nil {
-		return "", fmt.Errorf("keyring: create KEK %q: %w", name, err)
+		// A *KeyError like KEK's, so callers classify a KMS that cannot
+		// be reached (or refuses) the same way for both calls.
+		kind := ErrKeyUnavailable
+		if gone(err) {
+			kind = ErrKeyUnusable
+		}
+		return "", fmt.Errorf("keyring: create KEK %q: %w", name,
+			&KeyError{ID: name, Endpoints: slices.Clone(r.src.Endpoints()), Err: kind, Cause: err})
 	}
 	k, err := r.miss(ctx, id)
 	if err != nil {

@@ -71,12 +71,14 @@ func fsckAction(c *cli.Context) error {
 		}
 		opts.PendingWrites = len(recs)
 	}
+	kmsName := ""
 	if !c.Bool("no-keys") {
 		ks, err := openKMS(c, log, nil, false)
 		if err != nil {
 			return err
 		}
 		defer ks.close()
+		kmsName = ks.kmsID
 		ring, err := keyring.Open(ks.client, keyring.Options{Cache: keyring.CacheOff, Logger: log})
 		if err != nil {
 			return withCode(ExitFailure, fmt.Errorf("open key ring: %w", err))
@@ -99,7 +101,7 @@ func fsckAction(c *cli.Context) error {
 	case rep.Corrupt():
 		return withCode(ExitCorrupt, fmt.Errorf("%s: corruption found", ds))
 	case rep.Incomplete():
-		return withCode(ExitKMS, fmt.Errorf("%s: some objects were not verified: the KMS did not answer", ds))
+		return withCode(ExitKMS, fmt.Errorf("%s: some objects were not verified: the KMS (%s) did not answer", ds, kmsName))
 	}
 	return nil
 }

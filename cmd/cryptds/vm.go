@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -94,7 +95,10 @@ func vmExit(err error) error {
 		return withCode(ExitNotFound, err)
 	case errors.Is(err, vmctl.ErrNotMount), errors.Is(err, vmctl.ErrBusy):
 		return withCode(ExitMount, err)
-	case errors.Is(err, vmctl.ErrKMS):
+	case errors.Is(err, vmctl.ErrKMS), errors.Is(err, syscall.ENOKEY):
+		// ENOKEY from an open or a copy through the mount: the mount
+		// could not get a key from the KMS (README "Errors through the
+		// mount"), the same failure as a refused policy change.
 		return withCode(ExitKMS, err)
 	}
 	return withCode(ExitFailure, err)
