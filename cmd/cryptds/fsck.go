@@ -10,7 +10,6 @@ import (
 
 	"github.com/pkg/xattr"
 	"github.com/urfave/cli/v2"
-	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/cryptds/cryptds/fsck"
 	"github.com/cryptds/cryptds/journal"
@@ -42,7 +41,7 @@ func fsckCommand() *cli.Command {
 			"Examples:\n   cryptds fsck --dev --state-dir /tmp/kms /srv/ds\n" +
 			"   cryptds fsck --no-keys --json /srv/ds\n   cryptds fsck --kmip kms1:5696 ... --restore-xattrs /srv/restored-ds",
 		Flags:        flags,
-		Before:       altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config")),
+		Before:       loadConfigBefore(flags),
 		OnUsageError: usageError,
 		Action:       fsckAction,
 	}
