@@ -60,7 +60,8 @@ func vmConvertCommand(encrypt bool) *cli.Command {
 			"Each object is copied through the mount next to itself (" + vmctl.TempPrefix + "NAME), fsync'd\n" +
 			"and renamed over the original, so a crash or Ctrl-C leaves the old or the new object,\n" +
 			"never a broken one; running the command again removes leftovers and finishes the job.\n" +
-			"Holes are not copied: a sparse disk image stays sparse. Refuses (exit 3) while a process\n" +
+			"Holes are not copied: a sparse disk image stays sparse; what is allocated stays allocated\n" +
+			"(a preallocated, thick image keeps its space reserved). Refuses (exit 3) while a process\n" +
 			"has an object of the VM open for writing, i.e. while the VM runs; objects with hard links\n" +
 			"are refused; free space for the largest object is checked before anything changes.\n\n" +
 			"Example:\n   cryptds vm " + name + " /mnt/ds/vm1",
@@ -312,7 +313,7 @@ func vmRekeyCommand() *cli.Command {
 			"VM may keep running. Every header is checked afterwards; the old KEK ids are printed: once the\n" +
 			"command succeeded they protect nothing and may be revoked and destroyed in the KMS.\n\n" +
 			"--deep: the policy gets a new KEK and a new DEK, then every object is re-encrypted by copy and\n" +
-			"rename through the mount (like vm encrypt: crash-safe, holes kept, progress shown). The VM must\n" +
+			"rename through the mount (like vm encrypt: crash-safe, holes and preallocation kept, progress shown). The VM must\n" +
 			"be off (exit 3 while objects are open for writing, unless --force). Run it again after an\n" +
 			"interruption: it finishes the interrupted rekey instead of starting another.\n\n" +
 			"Exit 4 when the KMS is unreachable (nothing changed), 6 when the VM is not encrypted.\n\n" +
