@@ -124,3 +124,25 @@ func TestServerRefusalIsNotUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// TestStateAtNamesServingEndpoint: StateAt says which cluster member
+// answered (after failover past a dead one), and a key's lifecycle.
+func TestStateAtNamesServingEndpoint(t *testing.T) {
+	f := newDevKMS(t)
+	dead := deadAddr(t)
+	cl := newClient(t, f.config(dead, f.addr))
+	id, err := cl.CreateKEK(ctxT(t), uniqueName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, ep, err := cl.StateAt(ctxT(t), id)
+	if err != nil || st != kmipclient.StateActive || ep != f.addr {
+		t.Fatalf("StateAt = %v, %q, %v; want Active at %s", st, ep, err, f.addr)
+	}
+	if err := cl.Revoke(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := cl.StateAt(ctxT(t), id); err != nil || st != kmipclient.StateDeactivated {
+		t.Fatalf("after Revoke: %v, %v; want Deactivated", st, err)
+	}
+}

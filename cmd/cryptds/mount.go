@@ -263,7 +263,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	}
 	fcfg := cfs.Config{
 		Backing:     datastore,
-		Keys:        mountKeys{ring},
+		Keys:        mountKeys{Ring: ring, kms: ks.client},
 		Pool:        pool,
 		Logger:      log,
 		DatastoreID: dsID,
