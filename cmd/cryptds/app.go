@@ -33,6 +33,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			inspectCommand(),
 			fsckCommand(),
 			vmCommand(),
+			keyCommand(),
 			versionCommand(),
 			completionCommand(),
 			manCommand(),
