@@ -125,6 +125,7 @@ func TestKMSDownExitCodes(t *testing.T) {
 		{"vm", "rekey", vm1},
 		{"vm", "rekey", "--deep", vm1},
 		append(append([]string{"mount"}, args...), t.TempDir(), t.TempDir()),
+		append(append([]string{"fsck", "--state-dir", t.TempDir()}, kms.flags()...), t.TempDir()),
 		append(append([]string{"key", "list"}, kms.flags()...), backing),
 		append(append([]string{"key", "destroy"}, kms.flags()...), backing, "no-such-kek"),
 		{"vm", "shred", "--yes", vm1},
