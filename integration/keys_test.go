@@ -245,6 +245,13 @@ func TestKeyListDestroyAndRestore(t *testing.T) {
 	if len(rows) != 2 {
 		t.Errorf("key list shows %d keys, want the new and the old one: %v", len(rows), rows)
 	}
+	// The mountpoint names the same datastore (its backing directory is read).
+	viaMount := mustCLI(t, append(append([]string{"key", "list"}, kms.flags()...), mnt)...)
+	for k := range rows {
+		if k != oldKEK && !strings.Contains(viaMount, k) {
+			t.Errorf("key list MOUNTPOINT does not show the VM's KEK %s:\n%s", k, viaMount)
+		}
+	}
 	destroy := append(append([]string{"key", "destroy"}, kms.flags()...), "--backup", cipherTar, backing, oldKEK)
 	if _, stderr, code := cli(t, destroy...); code != 3 || !strings.Contains(stderr, cipherTar) {
 		t.Errorf("key destroy of a KEK the backup given needs: exit %d, want 3 naming %s: %s", code, cipherTar, stderr)
