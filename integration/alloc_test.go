@@ -70,7 +70,9 @@ func TestConversionsKeepAllocation(t *testing.T) {
 	check := func(step string) {
 		t.Helper()
 		for _, name := range []string{"zeros.raw", "falloc.raw"} {
-			if a := backingAlloc(t, filepath.Join(backing, "thick", name)); a < size {
+			a := backingAlloc(t, filepath.Join(backing, "thick", name))
+			t.Logf("after %s: %s: %d bytes of plaintext, %d allocated on the backing store", step, name, size, a)
+			if a < size {
 				t.Errorf("after %s: %s has %d bytes allocated on the backing store, want at least %d (its plaintext size)", step, name, a, size)
 			}
 			got, err := os.ReadFile(filepath.Join(vm, name))
