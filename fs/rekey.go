@@ -34,13 +34,18 @@ const (
 
 // kmsError marks a failure to talk to the KMS during a policy change with
 // ENOKEY, so the CLI can tell "key server unreachable" (nothing changed)
-// from other failures; an errno the key source chose is kept.
+// from other failures. A key errno the key source chose (EKEYREVOKED for
+// a destroyed key...) is kept; any other errno in the chain is the
+// transport's (ECONNREFUSED from a refused dial) and must not reach the
+// caller, who would otherwise see a different error for each way the KMS
+// can be down.
 func kmsError(err error) error {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		return err
+	for _, e := range []syscall.Errno{syscall.ENOKEY, syscall.EKEYREVOKED, syscall.EKEYREJECTED, syscall.EKEYEXPIRED} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("%w: %w", e, err)
+		}
 	}
-	return fmt.Errorf("%w: %w", err, syscall.ENOKEY)
+	return fmt.Errorf("%w: %w", syscall.ENOKEY, err)
 }
 
 // newWrap unwraps pol's DEK (or, for a deep rekey, makes a new one), creates

@@ -14,9 +14,9 @@ import (
 // /proc/self/fd/N of the node's descriptor), except the user.cryptds.*
 // namespace, which is cryptds's own: the real header and policy xattrs are
 // hidden and cannot be set or removed through the mount, so no guest or
-// user can make a plain file pose as encrypted. Directories offer two
-// virtual attributes: user.cryptds.policy (read/write) and
-// user.cryptds.status (read-only). They are not listed, so copying a tree
+// user can make a plain file pose as encrypted. Directories offer three
+// virtual attributes: user.cryptds.policy (read/write),
+// user.cryptds.status and user.cryptds.keystate (read-only, keystate.go). They are not listed, so copying a tree
 // with xattrs (rsync -X) does not try to set them on the destination.
 
 func isOurs(attr string) bool { return strings.HasPrefix(attr, xattrPrefix) }
@@ -58,6 +58,12 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 			return copyXattr([]byte(s), dest)
 		case xattrStatus:
 			s, err := statusText(fd)
+			if err != nil {
+				return 0, toErrno(err)
+			}
+			return copyXattr([]byte(s), dest)
+		case xattrKeyState:
+			s, err := n.r.keyStateText(ctx, n, fd)
 			if err != nil {
 				return 0, toErrno(err)
 			}

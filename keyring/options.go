@@ -69,7 +69,8 @@ type Options struct {
 	HostKeyFile string
 
 	// TTL bounds how long a key may be served after the KMS last handed it
-	// out, in particular through a KMS outage. Default: 24h.
+	// out, in particular through a KMS outage. TTLNone keeps no key at
+	// all: every KEK call asks the KMS. Default: 24h.
 	TTL time.Duration
 
 	// Refresh is the age after which a cache hit starts a background re-fetch
@@ -101,6 +102,14 @@ func DefaultOptions() Options {
 	}
 }
 
+// TTLNone, as Options.TTL or to SetTTL, means no offline use: the ring
+// keeps no key, in memory or on disk, once the call that fetched it
+// returns, so every KEK call (every open of an encrypted file that is not
+// already open) needs the KMS, and a key leaves this host when the last
+// file using it is closed. It is what --key-ttl 0 asks for; a zero TTL in
+// Options means the default, as every zero field does.
+const TTLNone time.Duration = -1
+
 // refreshRetry is how long a failed background refresh waits before a hit
 // may try again, so an outage does not turn every hit into a KMS call.
 const refreshRetry = time.Minute
@@ -120,7 +129,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Now == nil {
 		o.Now = d.Now
 	}
-	if o.TTL < 0 {
+	if o.TTL < 0 && o.TTL != TTLNone {
 		return o, fmt.Errorf("keyring: TTL %v is negative", o.TTL)
 	}
 	switch o.Cache {

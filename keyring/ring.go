@@ -71,19 +71,22 @@ func (r *Ring) TTL() time.Duration { return time.Duration(r.ttl.Load()) }
 // brings every cached key's expiry forward to at most now+ttl, so lowering
 // it takes effect at once and not only after the next refresh; a longer
 // one leaves cached keys as they are until the KMS confirms them again.
+//
+// TTLNone drops every cached key at once (the shortening rule with a TTL
+// already over) and keeps none from then on.
 func (r *Ring) SetTTL(ttl time.Duration) error {
-	if ttl <= 0 {
-		return fmt.Errorf("keyring: TTL %v must be positive", ttl)
+	if ttl <= 0 && ttl != TTLNone {
+		return fmt.Errorf("keyring: TTL %v must be positive (or TTLNone)", ttl)
 	}
 	old := time.Duration(r.ttl.Swap(int64(ttl)))
 	if ttl == old {
 		return nil
 	}
-	r.log.Info("key TTL changed", "from", old, "to", ttl)
-	if ttl > old {
+	r.log.Info("key TTL changed", "from", ttlString(old), "to", ttlString(ttl))
+	if ttl > old && old != TTLNone {
 		return nil
 	}
-	limit := r.opts.Now().Add(ttl).UnixNano()
+	limit := r.opts.Now().Add(max(ttl, 0)).UnixNano()
 	r.mu.RLock()
 	for _, e := range r.hot {
 		for {
@@ -101,6 +104,17 @@ func (r *Ring) SetTTL(ttl time.Duration) error {
 	}
 	r.smu.Unlock()
 	return err
+}
+
+// retains reports whether keys are cached at all (TTL is not TTLNone).
+func (r *Ring) retains() bool { return r.TTL() != TTLNone }
+
+// ttlString names a TTL for logs: TTLNone is not a duration.
+func ttlString(d time.Duration) string {
+	if d == TTLNone {
+		return "none (no offline use)"
+	}
+	return d.String()
 }
 
 // entry is one cached key. The hot map holds one reference and each WithKEK
@@ -173,7 +187,7 @@ func Open(src KeySource, opts Options) (*Ring, error) {
 	}
 	r.ttl.Store(int64(o.TTL))
 	go r.janitor()
-	r.log.Debug("key ring open", "cache", o.Cache.String(), "ttl", o.TTL, "refresh", o.Refresh)
+	r.log.Debug("key ring open", "cache", o.Cache.String(), "ttl", ttlString(o.TTL), "refresh", o.Refresh)
 	return r, nil
 }
 
@@ -256,14 +270,22 @@ func (r *Ring) WithKEK(ctx context.Context, id string, fn func(objcrypt.Key) err
 // NewKEK creates a KEK named name at the KMS (never retried: Create is not
 // idempotent) and caches it, so the first KEK call for the new id is a hit.
 // If the create succeeds but the fetch fails, the id is returned with the
-// error, so the caller can retry KEK or destroy the orphan.
+// error, so the caller can retry KEK or destroy the orphan. Errors are
+// *KeyError as for KEK (ID is then the name when the create failed).
 func (r *Ring) NewKEK(ctx context.Context, name string) (string, error) {
 	if r.closed.Load() {
 		return "", ErrClosed
 	}
 	id, err := r.src.CreateKEK(ctx, name)
 	if err != nil {
-		return "", fmt.Errorf("keyring: create KEK %q: %w", name, err)
+		// A *KeyError like KEK's, so callers classify a KMS that cannot
+		// be reached (or refuses) the same way for both calls.
+		kind := ErrKeyUnavailable
+		if gone(err) {
+			kind = ErrKeyUnusable
+		}
+		return "", fmt.Errorf("keyring: create KEK %q: %w", name,
+			&KeyError{ID: name, Endpoints: slices.Clone(r.src.Endpoints()), Err: kind, Cause: err})
 	}
 	k, err := r.miss(ctx, id)
 	if err != nil {
@@ -389,6 +411,11 @@ func (r *Ring) resolve(ctx context.Context, id string, c *call) (objcrypt.Key, *
 		r.log.Info("KEK expired from cache", "kek", id)
 	}
 
+	if !r.retains() {
+		// No offline use: the disk cache of an earlier TTL is not served.
+		k, err := r.fetchAndCache(ctx, id, c)
+		return k, nil, err
+	}
 	if k, exp, ok := r.storeGet(id, now); ok {
 		r.stats.badgerHits.Add(1)
 		// Served without asking the KMS: due for confirmation at once.
@@ -425,6 +452,9 @@ func (r *Ring) fetchAndCache(ctx context.Context, id string, c *call) (objcrypt.
 			return nil, &KeyError{ID: id, Endpoints: slices.Clone(r.src.Endpoints()), Err: ErrKeyUnusable, Cause: err}
 		}
 		return nil, &KeyError{ID: id, Endpoints: slices.Clone(r.src.Endpoints()), Err: ErrKeyUnavailable, Cause: err}
+	}
+	if !r.retains() {
+		return key, nil // the caller's copy is the only one
 	}
 	now := r.opts.Now()
 	exp := now.Add(r.TTL()).UnixNano()

@@ -36,6 +36,14 @@ var (
 	ErrProtocol = errors.New("kmip: request rejected")
 )
 
+// ErrUnreachable groups every way of not getting an answer from the key
+// server: refused or reset connections, EOF, timeouts, unknown hosts
+// (ErrUnavailable) and TLS failures (ErrTLS). An *Error wrapping either
+// also matches ErrUnreachable, so callers that only need "could not reach
+// or was refused by the key server" (ENOKEY, exit code 4) test that one
+// sentinel instead of listing the transport's failure kinds.
+var ErrUnreachable = errors.New("kmip: key server unreachable")
+
 // ErrOutcomeUnknown accompanies ErrUnavailable when a non-idempotent request
 // (Create) was possibly delivered before the connection failed: the object
 // may exist on the server. It is never retried automatically; Locate the
@@ -65,12 +73,17 @@ func (e *Error) Error() string {
 	return s
 }
 
-// Unwrap exposes the sentinel and the cause to errors.Is/As.
+// Unwrap exposes the sentinel, ErrUnreachable for a transport or TLS
+// failure, and the cause to errors.Is/As.
 func (e *Error) Unwrap() []error {
-	if e.Cause != nil {
-		return []error{e.Err, e.Cause}
+	out := []error{e.Err}
+	if e.Err == ErrUnavailable || e.Err == ErrTLS {
+		out = append(out, ErrUnreachable)
 	}
-	return []error{e.Err}
+	if e.Cause != nil {
+		out = append(out, e.Cause)
+	}
+	return out
 }
 
 // reasonError maps a failed batch item to the sentinel callers branch on.

@@ -198,23 +198,32 @@ func stateFrom(ga *payloads.GetAttributesResponsePayload) (State, error) {
 // State returns the lifecycle state of key id, so the keyring can confirm a
 // revoke and the CLI can show it.
 func (c *Client) State(ctx context.Context, id string) (State, error) {
+	st, _, err := c.StateAt(ctx, id)
+	return st, err
+}
+
+// StateAt is State plus the endpoint that answered: which member of the
+// cluster serves the key now (vm list, key list), not the address a policy
+// recorded when the key was created. On a failure the endpoint is in the
+// *Error.
+func (c *Client) StateAt(ctx context.Context, id string) (State, string, error) {
 	if id == "" {
-		return StateUnknown, errors.New("kmipclient: State: empty key id")
+		return StateUnknown, "", errors.New("kmipclient: State: empty key id")
 	}
 	res, err := c.call(ctx, "GetAttributes", true,
 		&payloads.GetAttributesRequestPayload{UniqueIdentifier: id, AttributeName: []kmip.AttributeName{kmip.AttributeNameState}})
 	if err != nil {
-		return StateUnknown, err
+		return StateUnknown, "", err
 	}
 	ga, err := item[*payloads.GetAttributesResponsePayload]("GetAttributes", res, 0)
 	if err != nil {
-		return StateUnknown, err
+		return StateUnknown, res.endpoint, err
 	}
 	st, err := stateFrom(ga)
 	if err != nil {
-		return StateUnknown, &Error{Op: "GetAttributes", Endpoint: res.endpoint, Err: ErrProtocol, Cause: err}
+		return StateUnknown, res.endpoint, &Error{Op: "GetAttributes", Endpoint: res.endpoint, Err: ErrProtocol, Cause: err}
 	}
-	return st, nil
+	return st, res.endpoint, nil
 }
 
 // Locate returns the ids of the keys named name that this client may see

@@ -158,6 +158,13 @@ func (v *vmDir) convertAll(ctx context.Context, todo []object, opts Options, ver
 		}
 		// The backing directory too, so the rename is durable there.
 		c.syncDirs = []string{filepath.Dir(o.backing)}
+		c.allocated = func(size int64) ([]span, error) {
+			exts, err := backingExtents(o.backing)
+			if err != nil {
+				return nil, err
+			}
+			return plainSpans(exts, o.encrypted, size), nil
+		}
 		n, err := c.convert(ctx, o.path)
 		if err != nil {
 			return fmt.Errorf("convert %s: %w", o.path, err)

@@ -57,6 +57,12 @@ type objConv struct {
 	// the backing directory: the mount refuses to serve a plain object
 	// inside an encrypted VM.
 	source func(path string) string
+	// allocated returns the plaintext ranges of the object being copied
+	// whose storage is allocated (alloc.go); the copy reserves them before
+	// the data is written, so a preallocated image stays allocated. nil,
+	// or an error (no allocation map), leaves the copy as sparse as
+	// skipping zero blocks makes it.
+	allocated func(size int64) ([]span, error)
 }
 
 func newObjConv() *objConv {
@@ -145,6 +151,13 @@ func (c *objConv) convert(ctx context.Context, path string) (int64, error) {
 // fill writes the data and metadata of src into dst and closes dst.
 func (c *objConv) fill(ctx context.Context, dst, src *os.File, path, tmp string, st *unix.Stat_t) (int64, error) {
 	defer dst.Close()
+	if c.allocated != nil {
+		if spans, err := c.allocated(st.Size); err == nil {
+			if err := reserve(dst, spans); err != nil {
+				return 0, fmt.Errorf("%s: %w", tmp, err)
+			}
+		}
+	}
 	n, err := c.copyData(ctx, dst, src, st.Size)
 	if err != nil {
 		return 0, fmt.Errorf("copy %s to %s: %w", path, tmp, err)

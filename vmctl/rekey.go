@@ -28,9 +28,9 @@ type RekeyReport struct {
 	// KEKID is the VM's KEK afterwards (empty after a shred).
 	KEKID string `json:"kek_id,omitempty"`
 	// OldKEKs are the KEK ids the VM's policy and objects named before.
-	// After a shallow or deep rekey they protect nothing of this VM any
-	// more and may be revoked and destroyed in the KMS; after a shred they
-	// have been.
+	// After a shallow or deep rekey the VM no longer uses them, but every
+	// ciphertext backup taken before still does (destroy them only once
+	// those backups expire); after a shred they have been destroyed.
 	OldKEKs []string `json:"old_kek_ids"`
 	// Objects is the number of encrypted objects now under KEKID (shallow,
 	// deep) or made unreadable (shred).
@@ -55,7 +55,7 @@ func (v *vmDir) setKeyOp(value string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, unix.ENOKEY):
-		return fmt.Errorf("%s: %s: %w (nothing was changed; check the KMS and the mount's log): %w", v.path, value, ErrKMS, err)
+		return fmt.Errorf("%s: %s: %w (%snothing was changed; check the KMS and the mount's log): %w", v.path, value, ErrKMS, v.kmsNote(), err)
 	case errors.Is(err, unix.ENODATA):
 		return fmt.Errorf("%s: %s: %w", v.path, value, ErrNotEncrypted)
 	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EOPNOTSUPP):

@@ -28,6 +28,10 @@ const (
 	// makes an object encrypted. Hidden from and read-only through the
 	// mount, so it is read from the backing store.
 	HeaderAttr = "user.cryptds.hdr"
+	// KeyStateAttr is a VM directory's key state, read-only through the
+	// mount, which asks the KMS: "<state> kek=<id> kms=<endpoint>", or
+	// "none kms=<endpoints>" without a policy.
+	KeyStateAttr = "user.cryptds.keystate"
 )
 
 // States of a VM as List and Status report them.
@@ -36,6 +40,14 @@ const (
 	StatePlain      = "plain"      // no policy, every object plain
 	StateMixed      = "mixed"      // policy and objects disagree: a conversion is needed
 	StateConverting = "converting" // leftovers of an interrupted conversion exist
+	StateShredded   = "shredded"   // policy set, but its key is destroyed: the data is unreadable for good
+)
+
+// Key states as the mount reports them in KeyStateAttr.
+const (
+	KeyActive      = "active"
+	KeyShredded    = "shredded"
+	KeyUnreachable = "unreachable"
 )
 
 // Options tune Encrypt and Decrypt. The zero value is the safe default.
@@ -80,10 +92,17 @@ type Report struct {
 
 // VMInfo is one row of List.
 type VMInfo struct {
-	Name      string `json:"name"`
-	State     string `json:"state"`  // one of the State constants
-	Policy    string `json:"policy"` // "encrypted" or "none"
-	KEKID     string `json:"kek_id,omitempty"`
+	Name   string `json:"name"`
+	State  string `json:"state"`  // one of the State constants
+	Policy string `json:"policy"` // "encrypted" or "none"
+	KEKID  string `json:"kek_id,omitempty"`
+	// KeyState is what the KMS says of KEKID now: active, shredded,
+	// unreachable, refused or unknown; empty without a policy or with a
+	// mount too old to say.
+	KeyState string `json:"key_state,omitempty"`
+	// KMS is the endpoint that serves KEKID now (or the endpoints tried
+	// when none answered); the address the policy recorded at creation
+	// when the mount cannot say.
 	KMS       string `json:"kms,omitempty"`
 	Objects   int    `json:"objects"`
 	Encrypted int    `json:"encrypted_objects"`
@@ -228,6 +247,34 @@ func cmpOr(a, b string) string {
 	return b
 }
 
+// keyState reads KeyStateAttr through the mount: the state ("" when the
+// mount does not offer it) and the KMS endpoint(s).
+func (v *vmDir) keyState() (state, kms string) {
+	buf := make([]byte, 1024) // one call: each read asks the KMS
+	n, err := unix.Getxattr(v.path, KeyStateAttr, buf)
+	if err != nil {
+		return "", ""
+	}
+	f := strings.Fields(string(buf[:n]))
+	if len(f) == 0 {
+		return "", ""
+	}
+	for _, kv := range f[1:] {
+		if e, ok := strings.CutPrefix(kv, "kms="); ok {
+			kms = e
+		}
+	}
+	return f[0], kms
+}
+
+// kmsNote names the KMS endpoints the mount uses, for an ENOKEY message.
+func (v *vmDir) kmsNote() string {
+	if _, kms := v.keyState(); kms != "" {
+		return "KMS endpoints: " + kms + "; "
+	}
+	return ""
+}
+
 // setPolicy asks the filesystem to create (value "encrypted") or remove
 // ("none") the VM's policy.
 func (v *vmDir) setPolicy(value string) error {
@@ -236,7 +283,7 @@ func (v *vmDir) setPolicy(value string) error {
 		return nil
 	}
 	if errors.Is(err, unix.ENOKEY) {
-		return fmt.Errorf("set %s=%s on %s: %w (nothing was changed; check the KMS and the mount's log): %w", PolicyAttr, value, v.path, ErrKMS, err)
+		return fmt.Errorf("set %s=%s on %s: %w (%snothing was changed; check the KMS and the mount's log): %w", PolicyAttr, value, v.path, ErrKMS, v.kmsNote(), err)
 	}
 	if err != nil {
 		return fmt.Errorf("set %s=%s on %s (the key server must be reachable from the mount): %w", PolicyAttr, value, v.path, err)
@@ -353,6 +400,9 @@ func (v *vmDir) status() (VMStatus, error) {
 	s.Name, s.KEKID, s.KMS, s.Policy = v.name, p.kek, p.kms, "none"
 	if p.encrypted {
 		s.Policy = "encrypted"
+		if state, kms := v.keyState(); state != "" && state != "none" {
+			s.KeyState, s.KMS = state, kms
+		}
 	}
 	for _, o := range inv.objects {
 		s.Objects++
@@ -375,5 +425,8 @@ func (v *vmDir) status() (VMStatus, error) {
 	sort.Slice(s.Files, func(i, j int) bool { return s.Files[i].Path < s.Files[j].Path })
 	s.Leftovers = len(inv.leftovers) + len(inv.orphans)
 	s.State = vmState(p, s.Encrypted, s.Plain, s.Leftovers)
+	if s.KeyState == KeyShredded && s.State == StateEncrypted {
+		s.State = StateShredded
+	}
 	return s, nil
 }

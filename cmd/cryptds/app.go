@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -32,6 +33,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			inspectCommand(),
 			fsckCommand(),
 			vmCommand(),
+			keyCommand(),
 			versionCommand(),
 			completionCommand(),
 			manCommand(),
@@ -42,6 +44,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 // usageError gives flag and argument mistakes their own exit code.
 func usageError(c *cli.Context, err error, _ bool) error {
+	if strings.Contains(err.Error(), "key-ttl") {
+		// urfave's "parse error" does not say what a duration looks like.
+		err = fmt.Errorf("%w: --key-ttl wants %s", err, keyTTLFormat)
+	}
 	return withCode(ExitUsage, fmt.Errorf("%w (see 'cryptds %s --help')", err, c.Command.FullName()))
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/pkg/xattr"
 	"github.com/urfave/cli/v2"
-	"github.com/urfave/cli/v2/altsrc"
 
 	"github.com/cryptds/cryptds/fsck"
 	"github.com/cryptds/cryptds/journal"
@@ -43,7 +42,7 @@ func fsckCommand() *cli.Command {
 			"Examples:\n   cryptds fsck --dev --state-dir /tmp/kms /srv/ds\n" +
 			"   cryptds fsck --no-keys --json /srv/ds\n   cryptds fsck --kmip kms1:5696 ... --restore-xattrs /srv/restored-ds",
 		Flags:        flags,
-		Before:       altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config")),
+		Before:       loadConfigBefore(flags),
 		OnUsageError: usageError,
 		Action:       fsckAction,
 	}
@@ -81,12 +80,14 @@ func fsckAction(c *cli.Context) error {
 		}
 		opts.PendingWrites = len(recs)
 	}
+	kmsName := ""
 	if !c.Bool("no-keys") {
 		ks, err := openKMS(c, log, nil, false)
 		if err != nil {
 			return err
 		}
 		defer ks.close()
+		kmsName = ks.kmsID
 		ring, err := keyring.Open(ks.client, keyring.Options{Cache: keyring.CacheOff, Logger: log})
 		if err != nil {
 			return withCode(ExitFailure, fmt.Errorf("open key ring: %w", err))
@@ -109,7 +110,7 @@ func fsckAction(c *cli.Context) error {
 	case rep.Corrupt():
 		return withCode(ExitCorrupt, fmt.Errorf("%s: corruption found", ds))
 	case rep.Incomplete():
-		return withCode(ExitKMS, fmt.Errorf("%s: some objects were not verified: the KMS did not answer", ds))
+		return withCode(ExitKMS, fmt.Errorf("%s: some objects were not verified: the KMS (%s) did not answer", ds, kmsName))
 	}
 	return nil
 }

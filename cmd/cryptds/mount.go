@@ -52,7 +52,7 @@ func kmsFlags() []cli.Flag {
 func mountFlags() []cli.Flag {
 	return append(kmsFlags(),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "key-cache", Value: defaultKeyCache, Usage: "where unwrapped keys are cached: memory, disk (encrypted, survives restarts) or off", EnvVars: []string{"CRYPTDS_KEY_CACHE"}}),
-		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "key-ttl", Value: defaultKeyTTL, Usage: "how long a cached key is served without asking the KMS", EnvVars: []string{"CRYPTDS_KEY_TTL"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "key-ttl", Value: defaultKeyTTL, Usage: "how long a cached key is served without asking the KMS (12h, 30m...); 0: no offline use, every open asks the KMS and keys leave memory with the last close", EnvVars: []string{"CRYPTDS_KEY_TTL"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-other", Usage: "let other users (e.g. libvirt-qemu) use the mount; unix permissions are enforced", EnvVars: []string{"CRYPTDS_ALLOW_OTHER"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "read-only", Usage: "mount read-only: no write journal, no policy or key changes, opens for writing fail with EROFS (a backup host, a second view)", EnvVars: []string{"CRYPTDS_READ_ONLY"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
@@ -67,7 +67,7 @@ func mountCommand() *cli.Command {
 	// before the config file is applied, so a SIGHUP reload of the file
 	// keeps their precedence. It belongs to this command value only.
 	pinned := map[string]bool{}
-	loadConfig := altsrc.InitInputSourceWithContext(flags, altsrc.NewTomlSourceFromFlagFunc("config"))
+	loadConfig := loadConfigBefore(flags)
 	return &cli.Command{
 		Name:      "mount",
 		Usage:     "mount the encrypting view of DATASTORE at MOUNTPOINT (runs in the foreground)",
@@ -90,7 +90,10 @@ func mountCommand() *cli.Command {
 					pinned[n] = true
 				}
 			}
-			return loadConfig(c)
+			if err := loadConfig(c); err != nil {
+				return err
+			}
+			return checkKeyTTL(c)
 		},
 		OnUsageError: usageError,
 		Action:       func(c *cli.Context) error { return mountAction(c, pinned) },
@@ -235,11 +238,15 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if exp != nil {
 		src = exp.InstrumentKeySource(ks.client, kmsEndpointOf)
 	}
+	ttl, err := keyringTTL(c.Duration("key-ttl"))
+	if err != nil {
+		return withCode(ExitUsage, err)
+	}
 	ring, err := keyring.Open(src, keyring.Options{
 		Cache:       mode,
 		Dir:         filepath.Join(c.String("state-dir"), "keycache", dsID),
 		HostKeyFile: filepath.Join(c.String("state-dir"), "keycache", "host.key"),
-		TTL:         c.Duration("key-ttl"),
+		TTL:         ttl,
 		Logger:      log,
 	})
 	if err != nil {
@@ -261,7 +268,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	}
 	fcfg := cfs.Config{
 		Backing:     datastore,
-		Keys:        mountKeys{ring},
+		Keys:        mountKeys{Ring: ring, kms: ks.client},
 		Pool:        pool,
 		Logger:      log,
 		DatastoreID: dsID,

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"syscall"
 	"testing"
 
+	cfs "github.com/cryptds/cryptds/fs"
 	"github.com/cryptds/cryptds/keyring"
+	"github.com/cryptds/cryptds/kmipclient"
 )
 
 // TestKeyErrno checks the errno a FUSE caller gets for each kind of key
@@ -39,3 +42,39 @@ func TestKeyErrno(t *testing.T) {
 		t.Error("keyErrno(nil) is not nil")
 	}
 }
+
+// TestVMKeyState: how the KMS's answer about a VM's KEK reads in vm list.
+func TestVMKeyState(t *testing.T) {
+	unreachable := &kmipclient.Error{Op: "GetAttributes", Endpoint: "kms1:5696,kms2:5696", Err: kmipclient.ErrUnavailable}
+	cases := []struct {
+		st   kmipclient.State
+		err  error
+		want string
+	}{
+		{kmipclient.StateActive, nil, cfs.KeyActive},
+		{kmipclient.StateDeactivated, nil, cfs.KeyShredded},
+		{kmipclient.StateDestroyed, nil, cfs.KeyShredded},
+		{0, &kmipclient.Error{Op: "GetAttributes", Err: kmipclient.ErrNotFound}, cfs.KeyShredded},
+		{0, &kmipclient.Error{Op: "GetAttributes", Err: kmipclient.ErrPermission}, cfs.KeyRefused},
+		{0, unreachable, cfs.KeyUnreachable},
+		{0, &kmipclient.Error{Op: "GetAttributes", Err: kmipclient.ErrTLS}, cfs.KeyUnreachable},
+		{0, &kmipclient.Error{Op: "GetAttributes", Err: kmipclient.ErrProtocol}, cfs.KeyUnknown},
+	}
+	for _, c := range cases {
+		if got := vmKeyState(c.st, c.err); got != c.want {
+			t.Errorf("vmKeyState(%v, %v) = %q, want %q", c.st, c.err, got, c.want)
+		}
+	}
+	st, ep := mountKeys{kms: fakeStates{err: unreachable}}.KeyState(context.Background(), "k1")
+	if st != cfs.KeyUnreachable || ep != "kms1:5696,kms2:5696" {
+		t.Errorf("KeyState with the KMS down = %q, %q; want unreachable naming both endpoints", st, ep)
+	}
+}
+
+// fakeStates is a stateSource that always fails with err.
+type fakeStates struct{ err error }
+
+func (f fakeStates) StateAt(context.Context, string) (kmipclient.State, string, error) {
+	return kmipclient.StateUnknown, "", f.err
+}
+func (f fakeStates) Endpoints() []string { return []string{"kms1:5696", "kms2:5696"} }

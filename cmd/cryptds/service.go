@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 )
@@ -147,14 +146,13 @@ func (r *reloader) reload() error {
 		r.log.Info("reload: no --config file; nothing to re-read")
 		return nil
 	}
-	var m map[string]any
-	if _, err := toml.DecodeFile(r.file, &m); err != nil {
-		return fmt.Errorf("reload %s: %w", r.file, err)
+	var flags []cli.Flag
+	if r.c.Command != nil {
+		flags = r.c.Command.Flags
 	}
-	for k := range m {
-		if r.c.Command == nil || !hasFlag(r.c.Command.Flags, k) || k == "config" {
-			return fmt.Errorf("reload %s: unknown key %q", r.file, k)
-		}
+	m, err := checkConfig(r.file, flags)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
 	}
 	next := r.live
 	var applied, ignored, remount []string
@@ -189,8 +187,11 @@ func (r *reloader) reload() error {
 				return fmt.Errorf("reload %s: key-ttl must be a duration string such as \"1h\"", r.file)
 			}
 			d, err := time.ParseDuration(str)
-			if err != nil || d <= 0 {
-				return fmt.Errorf("reload %s: key-ttl %q is not a positive duration", r.file, str)
+			if err == nil {
+				d, err = keyringTTL(d)
+			}
+			if err != nil {
+				return fmt.Errorf("reload %s: key-ttl %q: want %s", r.file, str, keyTTLFormat)
 			}
 			if d != next.keyTTL {
 				next.keyTTL = d
@@ -219,15 +220,6 @@ func (r *reloader) reload() error {
 		r.log.Warn("config changes that take effect only at the next mount", "keys", strings.Join(remount, ","))
 	}
 	return nil
-}
-
-func hasFlag(flags []cli.Flag, name string) bool {
-	for _, f := range flags {
-		if slices.Contains(f.Names(), name) {
-			return true
-		}
-	}
-	return false
 }
 
 func sortedKeys(m map[string]any) []string {

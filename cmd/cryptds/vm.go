@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -59,7 +60,8 @@ func vmConvertCommand(encrypt bool) *cli.Command {
 			"Each object is copied through the mount next to itself (" + vmctl.TempPrefix + "NAME), fsync'd\n" +
 			"and renamed over the original, so a crash or Ctrl-C leaves the old or the new object,\n" +
 			"never a broken one; running the command again removes leftovers and finishes the job.\n" +
-			"Holes are not copied: a sparse disk image stays sparse. Refuses (exit 3) while a process\n" +
+			"Holes are not copied: a sparse disk image stays sparse; what is allocated stays allocated\n" +
+			"(a preallocated, thick image keeps its space reserved). Refuses (exit 3) while a process\n" +
 			"has an object of the VM open for writing, i.e. while the VM runs; objects with hard links\n" +
 			"are refused; free space for the largest object is checked before anything changes.\n\n" +
 			"Example:\n   cryptds vm " + name + " /mnt/ds/vm1",
@@ -94,7 +96,10 @@ func vmExit(err error) error {
 		return withCode(ExitNotFound, err)
 	case errors.Is(err, vmctl.ErrNotMount), errors.Is(err, vmctl.ErrBusy):
 		return withCode(ExitMount, err)
-	case errors.Is(err, vmctl.ErrKMS):
+	case errors.Is(err, vmctl.ErrKMS), errors.Is(err, syscall.ENOKEY):
+		// ENOKEY from an open or a copy through the mount: the mount
+		// could not get a key from the KMS (README "Errors through the
+		// mount"), the same failure as a refused policy change.
 		return withCode(ExitKMS, err)
 	}
 	return withCode(ExitFailure, err)
@@ -119,11 +124,14 @@ func printReport(w io.Writer, done string, r vmctl.Report) {
 func vmListCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "list",
-		Usage:     "one line per VM of a mounted datastore: state, key, KMS, objects, size",
+		Usage:     "one line per VM of a mounted datastore: state, key and its state at the KMS, KMS, objects, size",
 		ArgsUsage: "MOUNTPOINT",
-		Description: "States: encrypted (policy set, every object encrypted), plain, mixed (policy and\n" +
-			"objects disagree: run vm encrypt or vm decrypt), converting (leftovers of an\n" +
-			"interrupted conversion: run it again). SIZE is the plaintext size.\n\n" +
+		Description: "States: encrypted (policy set, every object encrypted), shredded (encrypted, but its\n" +
+			"key is destroyed at the KMS: unreadable for good), plain, mixed (policy and objects\n" +
+			"disagree: run vm encrypt or vm decrypt), converting (leftovers of an interrupted\n" +
+			"conversion: run it again). KEY is what the KMS says of the VM's key now: active,\n" +
+			"shredded, unreachable or refused; KMS is the endpoint serving it now (the endpoints\n" +
+			"tried when none answered). SIZE is the plaintext size.\n\n" +
 			"Examples:\n   cryptds vm list /mnt/ds\n   cryptds vm list --json /mnt/ds | jq -r '.[] | select(.state != \"encrypted\") | .name'",
 		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON array"}},
 		OnUsageError: usageError,
@@ -142,9 +150,9 @@ func vmListCommand() *cli.Command {
 				return writeJSON(c.App.Writer, vms)
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tKEK\tKMS\tOBJECTS\tSIZE")
+			fmt.Fprintln(tw, "NAME\tSTATE\tKEK\tKEY\tKMS\tOBJECTS\tSIZE")
 			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, dash(v.KEKID), dash(v.KMS), v.Objects, humanBytes(v.Size))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", v.Name, v.State, dash(v.KEKID), dash(v.KeyState), dash(v.KMS), v.Objects, humanBytes(v.Size))
 			}
 			return tw.Flush()
 		},
@@ -178,7 +186,7 @@ func vmStatusCommand() *cli.Command {
 			w := c.App.Writer
 			fmt.Fprintf(w, "vm:       %s\nstate:    %s\npolicy:   %s\n", st.Name, st.State, st.Policy)
 			if st.KEKID != "" {
-				fmt.Fprintf(w, "kek:      %s\nkms:      %s\nvm id:    %s\n", st.KEKID, dash(st.KMS), dash(st.VMID))
+				fmt.Fprintf(w, "kek:      %s\nkey:      %s\nkms:      %s\nvm id:    %s\n", st.KEKID, dash(st.KeyState), dash(st.KMS), dash(st.VMID))
 			}
 			fmt.Fprintf(w, "objects:  %d (%d encrypted, %d plain), %s\nbacking:  %s\n\n", st.Objects, st.Encrypted, st.Plain, humanBytes(st.Size), st.Backing)
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -305,10 +313,12 @@ func vmRekeyCommand() *cli.Command {
 		ArgsUsage: "VMDIR",
 		Description: "Shallow (default): the mount creates a new KEK in the KMS, re-wraps the VM's DEK under it and\n" +
 			"rewrites the policy and both header copies of every object in place. No data is copied and the\n" +
-			"VM may keep running. Every header is checked afterwards; the old KEK ids are printed: once the\n" +
-			"command succeeded they protect nothing and may be revoked and destroyed in the KMS.\n\n" +
+			"VM may keep running. Every header is checked afterwards; the old KEK ids are printed: the VM no\n" +
+			"longer uses them, but every ciphertext backup taken before the rekey still does. Keep them until\n" +
+			"those backups expire; 'cryptds key list --backup PATH' shows which keys a backup needs and\n" +
+			"'cryptds key destroy' destroys one no object or given backup references.\n\n" +
 			"--deep: the policy gets a new KEK and a new DEK, then every object is re-encrypted by copy and\n" +
-			"rename through the mount (like vm encrypt: crash-safe, holes kept, progress shown). The VM must\n" +
+			"rename through the mount (like vm encrypt: crash-safe, holes and preallocation kept, progress shown). The VM must\n" +
 			"be off (exit 3 while objects are open for writing, unless --force). Run it again after an\n" +
 			"interruption: it finishes the interrupted rekey instead of starting another.\n\n" +
 			"Exit 4 when the KMS is unreachable (nothing changed), 6 when the VM is not encrypted.\n\n" +
@@ -405,10 +415,17 @@ func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
 		fmt.Fprintf(w, "rekeyed %s: %d object headers rewritten in place in %.1fs\n", r.VM, r.Objects, r.Duration.Seconds())
 	}
 	fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
+	old := 0
 	for _, k := range r.OldKEKs {
 		if k != r.KEKID {
-			fmt.Fprintf(w, "  old kek (no longer used by this VM; may be destroyed in the KMS): %s\n", k)
+			fmt.Fprintf(w, "  old kek (no longer used by this VM): %s\n", k)
+			old++
 		}
+	}
+	if old > 0 {
+		fmt.Fprintf(w, "  every ciphertext backup of %s taken before this rekey still needs the old kek: keep it until those\n"+
+			"  backups expire ('cryptds key list --backup PATH DATASTORE' shows which keys a backup needs; then\n"+
+			"  'cryptds key destroy DATASTORE KEKID'). Plaintext backups need no key.\n", r.VM)
 	}
 	if n := len(r.RemovedLeftovers); n > 0 {
 		fmt.Fprintf(w, "  removed %d leftover(s) of an interrupted run\n", n)
