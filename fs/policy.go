@@ -45,10 +45,15 @@ func (r *Root) policyText(d *node, dfd int) string {
 	switch {
 	case err != nil:
 		return "invalid " + err.Error()
-	case dv.pol == nil:
+	case !dv.has || dv.vm.State == vmreg.Decrypted:
 		return "none"
 	}
-	return fmt.Sprintf("encrypted kek=%s vm=%s", dv.pol.KEKID, dv.pol.VMID)
+	// A shredded VM is still an encrypted one (its key state says shredded).
+	pol, err := dv.vm.ParsedPolicy()
+	if err != nil {
+		return "invalid " + err.Error()
+	}
+	return fmt.Sprintf("encrypted kek=%s vm=%s", pol.KEKID, pol.VMID)
 }
 
 // setPolicy handles setxattr user.cryptds.policy on a directory: "encrypted"
