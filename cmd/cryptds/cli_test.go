@@ -154,3 +154,44 @@ func TestREADMEFlagTable(t *testing.T) {
 		}
 	}
 }
+
+// TestSIGHUPDocsAgree keeps every place that tells an operator what SIGHUP
+// changes in step: README, the example config, the unit and the mount
+// command's help all name the same keys the reloader applies live.
+func TestSIGHUPDocsAgree(t *testing.T) {
+	live := []string{"log-format", "debug", "key-ttl"} // liveSettings
+	docs := map[string]string{}
+	for _, f := range []string{"../../README.md", "../../packaging/cryptds.toml.example", "../../packaging/systemd/cryptds@.service"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs[f] = string(b)
+	}
+	docs["cryptds mount --help"] = mountCommand().Description
+	for name, text := range docs {
+		// The sentence (or comment line) that mentions SIGHUP and what follows it.
+		i := strings.Index(text, "SIGHUP")
+		for i >= 0 && !strings.Contains(text[i:min(len(text), i+300)], "at once") {
+			j := strings.Index(text[i+1:], "SIGHUP")
+			if j < 0 {
+				i = -1
+				break
+			}
+			i += 1 + j
+		}
+		if i < 0 {
+			t.Errorf("%s does not say what SIGHUP changes at once", name)
+			continue
+		}
+		// Up to the end of the clause that says "at once".
+		span := text[i:]
+		span = span[:strings.Index(span, "at once")]
+		span = strings.ReplaceAll(span, "\n#", " ")
+		for _, k := range live {
+			if !strings.Contains(span, k) {
+				t.Errorf("%s: what SIGHUP changes at once does not name %s: %q", name, k, span)
+			}
+		}
+	}
+}

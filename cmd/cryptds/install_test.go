@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -59,6 +60,16 @@ func TestMakeInstall(t *testing.T) {
 		!strings.Contains(string(unit), "Type=notify") {
 		t.Errorf("unit:\n%s", unit)
 	}
+	// README's systemd section copies the example config into /etc/cryptds.
+	if st, err := os.Stat(filepath.Join(dest, "etc/cryptds")); err != nil || !st.IsDir() {
+		t.Errorf("make install did not create /etc/cryptds: %v", err)
+	}
+	// The unit may point only at the man page that exists: cryptds(8).
+	for _, ref := range regexp.MustCompile(`cryptds[a-z.-]*\(\d\)`).FindAllString(string(unit), -1) {
+		if ref != "cryptds(8)" {
+			t.Errorf("unit refers to %s; the only man page installed is cryptds(8)", ref)
+		}
+	}
 	if st, err := os.Stat(filepath.Join(dest, "usr/bin/cryptds")); err != nil || st.Mode().Perm() != 0o755 {
 		t.Errorf("binary mode: %v %v", st, err)
 	}
@@ -69,5 +80,8 @@ func TestMakeInstall(t *testing.T) {
 	make("uninstall")
 	if got := list(); len(got) != 0 {
 		t.Errorf("left after uninstall: %v", got)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "etc/cryptds")); !os.IsNotExist(err) {
+		t.Errorf("empty /etc/cryptds left after uninstall: %v", err)
 	}
 }
