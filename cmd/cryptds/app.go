@@ -37,6 +37,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			manCommand(),
 		},
 	}
+	app.Action = appAction
+	guardCommands("", app.Commands)
 	return app
 }
 

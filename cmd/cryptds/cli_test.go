@@ -42,8 +42,9 @@ func TestExitCodes(t *testing.T) {
 		{"mount missing mountpoint", []string{"mount", "--dev", dir, filepath.Join(dir, "nope")}, ExitMount, "mountpoint"},
 		{"mount no kms", []string{"mount", dir, t.TempDir()}, ExitUsage, "no key server"},
 		{"umount not mounted", []string{"umount", dir}, ExitMount, "not a cryptds mount"},
-		{"inspect plain file", []string{"inspect", plain}, ExitNotFound, "not every object"},
-		{"inspect missing file", []string{"inspect", filepath.Join(dir, "nope")}, ExitNotFound, ""},
+		{"inspect plain file", []string{"inspect", plain}, ExitNotFound, "not an encrypted object"},
+		{"inspect missing file", []string{"inspect", filepath.Join(dir, "nope")}, ExitFailure, "no such file or directory"},
+		{"inspect one bad of two", []string{"inspect", plain, filepath.Join(dir, "nope")}, ExitNotFound, "2 of 2 files are not healthy encrypted objects (first: " + plain},
 		{"inspect no args", []string{"inspect"}, ExitUsage, "BACKINGFILE"},
 		{"kms serve without --dev", []string{"kms", "serve", "--state-dir", dir}, ExitUsage, "--dev"},
 	}

@@ -50,7 +50,7 @@ func fsckCommand() *cli.Command {
 
 func fsckAction(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return withCode(ExitUsage, fmt.Errorf("fsck needs exactly one DATASTORE, got %d arguments", c.NArg()))
+		return withCode(ExitUsage, fmt.Errorf("fsck needs exactly one DATASTORE, got %s", plural(c.NArg(), "argument", "arguments")))
 	}
 	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
 	if err != nil {
@@ -59,6 +59,9 @@ func fsckAction(c *cli.Context) error {
 	ds, err := filepath.Abs(c.Args().First())
 	if err != nil {
 		return withCode(ExitUsage, err)
+	}
+	if err := refuseOnMount("fsck", ds, "unmount it, then run cryptds fsck on %s"); err != nil {
+		return err
 	}
 	if err := refuseMounted(ds); err != nil {
 		return err
@@ -150,7 +153,7 @@ func printFsck(w io.Writer, r *fsck.Report) {
 	}
 	verified := "blocks not authenticated (--no-keys)"
 	if r.KeysChecked {
-		verified = fmt.Sprintf("%d verified (%d blocks)", r.Verified, r.BlocksVerified)
+		verified = fmt.Sprintf("%d verified (%s)", r.Verified, plural(r.BlocksVerified, "block", "blocks"))
 	}
 	state := "clean"
 	switch {
@@ -159,6 +162,8 @@ func printFsck(w io.Writer, r *fsck.Report) {
 	case r.Incomplete():
 		state = "INCOMPLETE"
 	}
-	fmt.Fprintf(w, "%s: %s: %d objects (%d encrypted, %d plain), %s, %d policies, %d xattrs and %d policies restored, %d findings\n",
-		r.Datastore, state, r.Objects, r.Encrypted, r.Plain, verified, r.Policies, r.Restored, r.PoliciesRestored, len(r.Findings))
+	fmt.Fprintf(w, "%s: %s: %s (%d encrypted, %d plain), %s, %s, %s and %s restored, %s\n",
+		r.Datastore, state, plural(r.Objects, "object", "objects"), r.Encrypted, r.Plain, verified,
+		plural(r.Policies, "policy", "policies"), plural(r.Restored, "xattr", "xattrs"),
+		plural(r.PoliciesRestored, "policy", "policies"), plural(len(r.Findings), "finding", "findings"))
 }

@@ -149,6 +149,11 @@ func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string,
 	if len(cfg.Endpoints) == 0 {
 		return nil, withCode(ExitUsage, errors.New("no key server: give --kmip ADDR (with --kmip-ca/--kmip-cert/--kmip-key) or --dev"))
 	}
+	if !c.Bool("dev") {
+		if err := checkTLSFlags(c); err != nil {
+			return nil, err
+		}
+	}
 	ks.kmsID = strings.Join(cfg.Endpoints, ",")
 	cl, err := kmipclient.New(c.Context, cfg)
 	if err != nil {
@@ -163,7 +168,7 @@ func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string,
 // line or by env var (see mountCommand).
 func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if c.NArg() != 2 {
-		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %d arguments", c.NArg()))
+		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %s", plural(c.NArg(), "argument", "arguments")))
 	}
 	log, logs, err := newReloadableLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
 	if err != nil {
