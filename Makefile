@@ -23,8 +23,14 @@ INSTALLED = $(BINDIR)/cryptds $(SBINDIR)/mount.fuse.cryptds $(UNITDIR)/cryptds@.
 
 all: build
 
+# The commit, for `cryptds version` when the toolchain stamps no VCS
+# information into the binary (GOFLAGS=-buildvcs=false).
+GIT_COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
+GIT_MODIFIED := $(shell test -z "$$(git status --porcelain --untracked-files=no 2>/dev/null)" && echo false || echo true)
+LDFLAGS := -X main.linkedCommit=$(GIT_COMMIT) -X main.linkedModified=$(GIT_MODIFIED)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/cryptds
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/cryptds
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

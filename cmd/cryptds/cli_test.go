@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -193,6 +195,75 @@ func TestSIGHUPDocsAgree(t *testing.T) {
 			if !strings.Contains(span, k) {
 				t.Errorf("%s: what SIGHUP changes at once does not name %s: %q", name, k, span)
 			}
+		}
+	}
+}
+
+// TestVersionString: version names the commit and whether the tree was
+// modified, from Go's build info or, without it, from what make linked in.
+func TestVersionString(t *testing.T) {
+	stamped := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "true"}, {Key: "vcs.time", Value: "2026-12-07T17:00:00Z"}}}
+	clean := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "v1.2.0"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "false"}}}
+	bare := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "(devel)"}}
+	tests := []struct {
+		name             string
+		bi               *debug.BuildInfo
+		commit, modified string
+		want             string
+	}{
+		{"stamped, modified", stamped, "", "", "cryptds (devel) commit 0123abcd (modified) committed 2026-12-07T17:00:00Z (go1.26, format v1)"},
+		{"stamped wins over linked", clean, "ffff", "true", "cryptds v1.2.0 commit 0123abcd (go1.26, format v1)"},
+		{"linked by make", bare, "89abcdef", "false", "cryptds (devel) commit 89abcdef (go1.26, format v1)"},
+		{"linked, modified", bare, "89abcdef", "true", "cryptds (devel) commit 89abcdef (modified) (go1.26, format v1)"},
+		{"nothing known", bare, "", "", "cryptds (devel) commit unknown (built without VCS information) (go1.26, format v1)"},
+	}
+	for _, tc := range tests {
+		if got := versionString(tc.bi, tc.commit, tc.modified); got != tc.want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestManPageSections: the man page has a real SYNOPSIS (every command),
+// and EXIT STATUS, ENVIRONMENT and FILES sections; EXIT STATUS agrees
+// with README's exit code table.
+func TestManPageSections(t *testing.T) {
+	code, page, stderr := runCLI(t, "man")
+	if code != 0 {
+		t.Fatalf("man: exit %d: %s", code, stderr)
+	}
+	syn := page[strings.Index(page, ".SH SYNOPSIS"):strings.Index(page, ".SH DESCRIPTION")]
+	for _, want := range []string{`cryptds mount [flags] DATASTORE MOUNTPOINT`, `cryptds vm rekey [flags] VMDIR`, `cryptds fsck [flags] DATASTORE`} {
+		if !strings.Contains(strings.ReplaceAll(syn, `\-`, "-"), want) {
+			t.Errorf("SYNOPSIS lacks %q:\n%s", want, syn)
+		}
+	}
+	if strings.Contains(syn, "[--help|-h]") {
+		t.Errorf("SYNOPSIS is still urfave's placeholder:\n%s", syn)
+	}
+	for _, sec := range []string{".SH EXIT STATUS", ".SH ENVIRONMENT", ".SH FILES"} {
+		if !strings.Contains(page, sec+"\n") {
+			t.Errorf("man page has no %s section", sec)
+		}
+	}
+	for _, want := range []string{"CRYPTDS_KMIP_CA", "CRYPTDS_KEY_TTL", "NOTIFY_SOCKET", "/etc/cryptds/NAME.toml", "/var/lib/cryptds"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("man page does not mention %s", want)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range exitStatuses {
+		row := fmt.Sprintf("| %d | ", e.code)
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README's exit code table has no row for %d", e.code)
+		}
+		if !strings.Contains(page, fmt.Sprintf(".B %d\n%s\n", e.code, e.meaning)) {
+			t.Errorf("EXIT STATUS lacks code %d", e.code)
 		}
 	}
 }

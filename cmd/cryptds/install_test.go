@@ -73,6 +73,14 @@ func TestMakeInstall(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dest, "usr/bin/cryptds")); err != nil || st.Mode().Perm() != 0o755 {
 		t.Errorf("binary mode: %v %v", st, err)
 	}
+	// The binary make built names its commit (whether or not the toolchain
+	// stamps VCS information).
+	if head, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
+		out, err := exec.Command(filepath.Join(dest, "usr/bin/cryptds"), "version").Output()
+		if err != nil || !strings.Contains(string(out), "commit "+strings.TrimSpace(string(head))) {
+			t.Errorf("cryptds version = %q (%v), want commit %s", out, err, head)
+		}
+	}
 	man, _ := os.ReadFile(filepath.Join(dest, "usr/share/man/man8/cryptds.8"))
 	if !strings.HasPrefix(string(man), ".nh\n.TH cryptds 8") {
 		t.Errorf("man page starts %q", string(man[:min(len(man), 40)]))
