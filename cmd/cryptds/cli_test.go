@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -265,5 +269,36 @@ func TestManPageSections(t *testing.T) {
 		if !strings.Contains(page, fmt.Sprintf(".B %d\n%s\n", e.code, e.meaning)) {
 			t.Errorf("EXIT STATUS lacks code %d", e.code)
 		}
+	}
+}
+
+// TestLibraryLogs: what libraries log through slog.Default() or Go's log
+// package comes out in the command's own format, their chatter only with
+// --debug, and a server's read error on a connection it closed itself
+// (the dev KMS stopping) never as an ERROR; other errors stay errors.
+func TestLibraryLogs(t *testing.T) {
+	defer saveLibraryLogs()()
+	var buf bytes.Buffer
+	if _, err := newLogger(&buf, "json", false); err != nil {
+		t.Fatal(err)
+	}
+	slog.Info("New connection", "addr", "127.0.0.1:1")
+	slog.Warn("Shutting down")
+	slog.Error("Failed to read data from client", "err", fmt.Errorf("recv: %w", io.ErrClosedPipe))
+	log.Printf("a Go log line")
+	if buf.Len() != 0 {
+		t.Errorf("library chatter shown without --debug:\n%s", buf.String())
+	}
+	slog.Error("Failed to write HTTP response", "err", errors.New("broken"))
+	if !strings.Contains(buf.String(), `"level":"ERROR","msg":"Failed to write HTTP response"`) {
+		t.Errorf("a real library error was not logged as an ERROR in JSON:\n%s", buf.String())
+	}
+	buf.Reset()
+	if _, err := newLogger(&buf, "text", true); err != nil {
+		t.Fatal(err)
+	}
+	log.Printf("a Go log line")
+	if !strings.HasPrefix(buf.String(), "time=") || !strings.Contains(buf.String(), `level=DEBUG msg="a Go log line"`) {
+		t.Errorf("a Go log line with --debug is not in the slog text format:\n%s", buf.String())
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path/filepath"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/pkg/xattr"
@@ -150,6 +152,11 @@ func printFsck(w io.Writer, r *fsck.Report) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Severity, f.Kind, f.Path, f.Detail)
 		}
 		tw.Flush()
+	}
+	// Each unusable KEK's error once, not on every line of its objects.
+	ids := slices.Sorted(maps.Keys(r.KeyErrors))
+	for _, id := range ids {
+		fmt.Fprintf(w, "KEK %s: %s\n", id, r.KeyErrors[id])
 	}
 	verified := "blocks not authenticated (--no-keys)"
 	if r.KeysChecked {

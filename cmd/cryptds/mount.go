@@ -141,10 +141,9 @@ func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string,
 		if err != nil {
 			return nil, withCode(ExitKMS, fmt.Errorf("start dev KMS: %w", err))
 		}
-		ks.dev = srv
+		ks.dev = srv // devkms.New has logged its NOT-for-production warning
 		cfg.Endpoints = []string{srv.Addr()}
 		cfg.CAFile, cfg.CertFile, cfg.KeyFile = srv.ClientCredentials()
-		log.Warn("using the built-in dev KMS: NOT for production", "state", dir)
 	}
 	if len(cfg.Endpoints) == 0 {
 		return nil, withCode(ExitUsage, errors.New("no key server: give --kmip ADDR (with --kmip-ca/--kmip-cert/--kmip-key) or --dev"))
@@ -174,8 +173,8 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return err
 	}
+	routeLibraryLogs(log)
 	setMemoryLimit(log)
-	raiseOpenFileLimit(log)
 	forbidCoreDumps(log)
 	datastore, err := filepath.Abs(c.Args().Get(0))
 	if err != nil {
@@ -203,6 +202,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return err
 	}
+	warnLowFileLimit(log, raiseOpenFileLimit(log), datastore)
 
 	var exp *metrics.Exporter
 	if addr := c.String("metrics-listen"); addr != "" {
