@@ -4,8 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
-	"path/filepath"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
