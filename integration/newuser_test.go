@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cryptds/cryptds/internal/mountinfo"
 )
 
 // TestFsckAndInspectRefuseTheMount: fsck and inspect read backing files.
@@ -110,4 +112,28 @@ func TestBusyRefusalsNameTheRealHolders(t *testing.T) {
 	_ = sh.Process.Kill()
 	_ = sh.Wait()
 	m.stop()
+}
+
+// TestLeftoverMountsAreThisRunsOnly: the harness's leftover check counts
+// only mounts under this run's directory; a host's own cryptds datastore
+// or another run's mount is not a leftover (make test used to fail on any
+// host with a live cryptds mount).
+func TestLeftoverMountsAreThisRunsOnly(t *testing.T) {
+	run := "/tmp/cryptds-it-run-123"
+	table := []mountinfo.Entry{
+		{Point: "/", Source: "/dev/sda1", FSType: "ext4"},
+		{Point: "/mnt/ds1", Source: "cryptds:/srv/ds1", FSType: "fuse.cryptds"},                                  // the host's datastore
+		{Point: "/tmp/cryptds-it-run-456/T/mnt", Source: "cryptds:/tmp/cryptds-it-run-456/T/backing"},            // another run
+		{Point: "/tmp/cryptds-it-run-1234/x", Source: "cryptds:/tmp/cryptds-it-run-1234/y"},                      // a name that only starts alike
+		{Point: run + "/TestX/001/mnt", Source: "cryptds:" + run + "/TestX/001/backing", FSType: "fuse.cryptds"}, // ours
+		{Point: "/mnt/elsewhere", Source: "cryptds:" + run + "/TestY/backing", FSType: "fuse.cryptds"},           // ours, mounted outside
+	}
+	got := leftoverMounts(table, run)
+	want := []string{
+		run + "/TestX/001/mnt (cryptds:" + run + "/TestX/001/backing)",
+		"/mnt/elsewhere (cryptds:" + run + "/TestY/backing)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("leftovers:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 }

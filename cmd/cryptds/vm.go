@@ -106,8 +106,10 @@ func printReport(w io.Writer, done string, r vmctl.Report) {
 	if secs > 0 {
 		rate = float64(r.Bytes) / 1e6 / secs
 	}
-	fmt.Fprintf(w, "%s %s: %s converted (%d already were), %s copied in %.1fs (%.1f MB/s)\n",
-		done, r.VM, plural(r.Converted, "object", "objects"), r.AlreadyDone, humanBytes(r.Bytes), secs, rate)
+	// The size is the objects' plaintext size, the same whichever way a VM
+	// is converted (and vm list's SIZE); the data copied leaves out holes.
+	fmt.Fprintf(w, "%s %s: %s of %s converted (%d already were), %s of data copied in %.1fs (%.1f MB/s)\n",
+		done, r.VM, plural(r.Converted, "object", "objects"), humanBytes(r.Size), r.AlreadyDone, humanBytes(r.Bytes), secs, rate)
 	if r.KEKID != "" {
 		fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
 	}
