@@ -8,6 +8,8 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 )
 
 // newLogger builds the process logger: text (default) or JSON on stderr.
@@ -91,4 +93,21 @@ func closingNoise(r slog.Record) bool {
 		return true
 	})
 	return noise
+}
+
+// openLogFile returns where the daemon logs: stderr when path is empty,
+// else path opened for appending (created 0640, its directory too), so a
+// mount started by hand does not spill its log into the terminal.
+func openLogFile(stderr io.Writer, path string) (io.Writer, func(), error) {
+	if path == "" {
+		return stderr, func() {}, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, nil, withCode(ExitUsage, fmt.Errorf("--log-file %s: %w", path, err))
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, withCode(ExitUsage, fmt.Errorf("--log-file %s: %w", path, err))
+	}
+	return f, func() { _ = f.Close() }, nil
 }

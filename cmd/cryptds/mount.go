@@ -57,6 +57,7 @@ func mountFlags() []cli.Flag {
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (loopback host:port, e.g. 127.0.0.1:9523); off when empty", EnvVars: []string{"CRYPTDS_METRICS_LISTEN"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-listen-any", Usage: "allow a non-loopback --metrics-listen address (metrics reveal VM activity)", EnvVars: []string{"CRYPTDS_METRICS_LISTEN_ANY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-file", Usage: "append the daemon's log to `FILE` instead of stderr (errors that stop the command still go to stderr)", EnvVars: []string{"CRYPTDS_LOG_FILE"}}),
 	)
 }
 
@@ -169,7 +170,12 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if c.NArg() != 2 {
 		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %s", plural(c.NArg(), "argument", "arguments")))
 	}
-	log, logs, err := newReloadableLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
+	logw, closeLog, err := openLogFile(c.App.ErrWriter, c.String("log-file"))
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	log, logs, err := newReloadableLogger(logw, c.String("log-format"), c.Bool("debug"))
 	if err != nil {
 		return err
 	}
