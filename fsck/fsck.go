@@ -104,6 +104,10 @@ type Report struct {
 	PoliciesRestored int       `json:"restored_policies"`
 	KeysChecked      bool      `json:"keys_checked"` // false: structure only (no KMS)
 	Findings         []Finding `json:"findings"`
+	// KeyErrors is the full error of each KEK that could not be used,
+	// once per KEK: the findings of its objects refer to it by id
+	// instead of repeating it on every line.
+	KeyErrors map[string]string `json:"key_errors,omitempty"`
 }
 
 // Corrupt reports whether any finding is an error.
@@ -217,6 +221,12 @@ func Check(ctx context.Context, root string, opts Options) (*Report, error) {
 	}
 	c.restorePolicies()
 	c.checkRecordedDirs()
+	for id, err := range c.keyErr {
+		if c.rep.KeyErrors == nil {
+			c.rep.KeyErrors = map[string]string{}
+		}
+		c.rep.KeyErrors[id] = err.Error()
+	}
 	sort.SliceStable(c.rep.Findings, func(i, j int) bool { return c.rep.Findings[i].Path < c.rep.Findings[j].Path })
 	return c.rep, nil
 }
@@ -447,13 +457,13 @@ func (c *checker) verify(f *os.File, rel string, h *objcrypt.Header, size int64)
 	dek, err := c.dek(h)
 	switch {
 	case errors.Is(err, ErrKeyGone):
-		c.add(rel, KindKeyGone, SeverityWarning, fmt.Sprintf("KEK %s is destroyed or revoked at the KMS: the object is unreadable (a shredded VM?) and was not verified: %v", h.KEKID, err))
+		c.add(rel, KindKeyGone, SeverityWarning, fmt.Sprintf("KEK %s is destroyed or revoked at the KMS: the object is unreadable (a shredded VM?) and was not verified", h.KEKID))
 		return
 	case errors.Is(err, objcrypt.ErrAuth):
 		c.add(rel, KindDEKUnwrap, SeverityError, fmt.Sprintf("the wrapped DEK does not open under KEK %s: %v", h.KEKID, err))
 		return
 	case err != nil:
-		c.add(rel, KindKeyUnavailable, SeverityWarning, fmt.Sprintf("KEK %s could not be fetched; blocks not verified: %v", h.KEKID, err))
+		c.add(rel, KindKeyUnavailable, SeverityWarning, fmt.Sprintf("KEK %s could not be fetched; blocks not verified", h.KEKID))
 		return
 	}
 	obj, err := objcrypt.NewObject(dek, h.ObjectID, nil)

@@ -27,7 +27,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold step titles on a terminal only: piped into a file or a CI log,
+# escape codes are noise.
+if [ -t 1 ]; then
+	step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+	step() { printf '\n== %s\n' "$*"; }
+fi
 show() { printf '$ %s\n' "$*"; "$@"; }
 
 step "1. mount $ds at $mnt with the in-process dev KMS (NOT for production)"
@@ -58,7 +64,14 @@ step "3. cryptds vm encrypt $mnt/web01"
 "$BIN" vm encrypt "$mnt/web01"
 
 step "4. the backing store now holds ciphertext ..."
-show od -A d -t x1 -N 64 "$ds/web01/web01.conf"
+# Block 0 of the data is stored at offset 4096 (after the header region) as
+# a 16-byte nonce, then the ciphertext of the first plaintext bytes: the
+# same 32 bytes, as the mount shows them and as they are stored.
+echo "the first 32 bytes of web01.conf through the mount (plaintext):"
+show od -A d -c -N 32 "$mnt/web01/web01.conf"
+echo "the same 32 bytes as stored on the backing store (offset 4096 + 16-byte nonce):"
+show od -A d -t x1 -j 4112 -N 32 "$ds/web01/web01.conf"
+echo "(the first 4096 bytes of the backing file are the header region: magic, ids, wrapped key; no data)"
 if grep -rq "TOP-SECRET" "$ds"; then echo "FAIL: plaintext found on the backing store" >&2; exit 1; fi
 echo "(grep -r TOP-SECRET $ds: no match)"
 "$BIN" inspect "$ds/web01/web01.conf"

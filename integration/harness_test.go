@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cryptds/cryptds/internal/mountinfo"
 )
 
 // binary is the cryptds executable under test, built once by TestMain.
@@ -29,15 +31,22 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
-	tmp, err := os.MkdirTemp("", "cryptds-it-bin-")
+	// Every temp dir of this run (t.TempDir(), so every mount the tests
+	// make) lives under runDir: the leftover check then looks at this
+	// run's mounts only, never at a host's own cryptds datastores or at a
+	// concurrent run.
+	runDir, err := os.MkdirTemp("", "cryptds-it-run-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
+	if err := os.Setenv("TMPDIR", runDir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	binary = os.Getenv("CRYPTDS_BIN")
 	if binary == "" {
-		binary = filepath.Join(tmp, "cryptds")
+		binary = filepath.Join(runDir, "cryptds")
 		out, err := exec.Command("go", "build", "-o", binary, "../cmd/cryptds").CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build cryptds: %v\n%s", err, out)
@@ -45,10 +54,17 @@ func runMain(m *testing.M) int {
 		}
 	}
 	code := m.Run()
-	if left := leftoverMounts(); len(left) > 0 {
+	table, err := mountinfo.Read()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if left := leftoverMounts(table, runDir); len(left) > 0 {
+		// Not removed: rm -r through a live mount would reach into it.
 		fmt.Fprintf(os.Stderr, "FAIL: mounts left behind: %v\n", left)
 		return 1
 	}
+	os.RemoveAll(runDir)
 	return code
 }
 
@@ -73,13 +89,16 @@ func requireRoot(t *testing.T) {
 	require(t, os.Geteuid() == 0 && err == nil, "root and /dev/fuse")
 }
 
-// leftoverMounts lists cryptds mounts still in the mount table.
-func leftoverMounts() []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
+// leftoverMounts lists the mounts of this run still in the mount table:
+// those whose mount point is under runDir or whose cryptds source (the
+// backing directory) is. Mounts of other datastores are not this run's.
+func leftoverMounts(table []mountinfo.Entry, runDir string) []string {
+	under := func(p string) bool { return strings.HasPrefix(p, runDir+"/") }
 	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, " cryptds:") {
-			out = append(out, l)
+	for _, e := range table {
+		backing, isCryptds := strings.CutPrefix(e.Source, mountinfo.CryptdsSourcePrefix)
+		if under(e.Point) || (isCryptds && under(backing)) {
+			out = append(out, e.Point+" ("+e.Source+")")
 		}
 	}
 	return out

@@ -130,6 +130,10 @@ func TestMountRefusals(t *testing.T) {
 	requireRoot(t)
 	backing, mnt, state := dirs(t)
 	nonEmpty := t.TempDir()
+	inner := filepath.Join(backing, "inner")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(nonEmpty, "x"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -143,8 +147,10 @@ func TestMountRefusals(t *testing.T) {
 		{"non-empty mountpoint", []string{"--dev", "--state-dir", state, backing, nonEmpty}, 3, "not empty"},
 		{"missing datastore", []string{"--dev", "--state-dir", state, filepath.Join(backing, "nope"), mnt}, 3, "datastore"},
 		{"no kms", []string{backing, mnt}, 2, "no key server"},
-		{"unreachable kms", []string{"--kmip", "127.0.0.1:1", "--kmip-ca", "/nonexistent", backing, mnt}, 4, "KMS"},
+		{"missing TLS file", []string{"--kmip", "127.0.0.1:1", "--kmip-ca", "/nonexistent", "--kmip-cert", "/nonexistent", "--kmip-key", "/nonexistent", backing, mnt}, 2, "--kmip-ca /nonexistent"},
 		{"bad key cache", []string{"--dev", "--state-dir", state, "--key-cache", "cloud", backing, mnt}, 2, "key-cache"},
+		{"mountpoint is the datastore", []string{"--dev", "--state-dir", state, backing, backing}, 3, "is the datastore itself"},
+		{"mountpoint inside the datastore", []string{"--dev", "--state-dir", state, backing, inner}, 3, "inside the datastore"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

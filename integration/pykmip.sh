@@ -2,8 +2,11 @@
 # Starts and stops a PyKMIP server (Debian python3-pykmip) on 127.0.0.1 for
 # the KMIP integration tests, with certificates made from nothing.
 #
-#   integration/pykmip.sh start DIR [PORT]   # PORT: $PYKMIP_PORT or 5696
+#   integration/pykmip.sh start DIR [PORT]   # PORT: $PYKMIP_PORT, else a free one
 #   integration/pykmip.sh stop DIR
+#
+# Without a port it takes a free one (so concurrent runs never collide)
+# and records it in DIR/endpoint, where the tests read it.
 #
 # start creates in DIR (once; later starts reuse them, and the key database):
 #   ca.crt                      CA that signs the server and client certs
@@ -38,7 +41,7 @@ die() {
 [ $# -ge 2 ] || usage
 cmd=$1
 dir=$2
-port=${3:-${PYKMIP_PORT:-5696}}
+port=${3:-${PYKMIP_PORT:-}}
 host=127.0.0.1
 start_timeout=${PYKMIP_START_TIMEOUT:-30}
 stop_grace=${PYKMIP_STOP_GRACE:-5}
@@ -130,6 +133,11 @@ running() {
 	alive "$pid" && grep -q pykmip "/proc/$pid/cmdline" 2>/dev/null
 }
 
+# free_port: a TCP port on host that nothing is bound to now.
+free_port() {
+	python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$host"
+}
+
 # port_open: something accepts TCP connections on host:port.
 port_open() {
 	(exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
@@ -151,8 +159,31 @@ start() {
 	if running; then
 		die "already running in $dir (pid $(cat "$dir/pykmip.pid")); stop it first"
 	fi
-	port_open && die "port $port on $host is already in use"
 	make_certs
+	local tries=1
+	if [ -z "$port" ]; then
+		tries=3 # a free port can be taken between the check and the bind
+	fi
+	local i
+	for i in $(seq "$tries"); do
+		if launch; then
+			return 0
+		fi
+		[ "$i" -lt "$tries" ] && echo "pykmip.sh: retrying on another port" >&2
+	done
+	die "pykmip-server did not start"
+}
+
+# launch: start the server on $port (a free one if empty) and wait until it
+# answers; on failure return 1 with nothing left running.
+launch() {
+	local asked=$port
+	[ -n "$port" ] || port=$(free_port)
+	if port_open; then
+		echo "pykmip.sh: port $port on $host is already in use" >&2
+		port=$asked
+		return 1
+	fi
 	write_conf
 	# umask: the sqlite database holds the keys in the clear. setsid: its own
 	# process group (pid = pgid), because PyKMIP forks helper processes
@@ -165,11 +196,15 @@ start() {
 		if ! alive "$pid"; then
 			rm -f "$dir/pykmip.pid"
 			tail -n 20 "$dir/stdout.log" "$dir/server.log" >&2 2>/dev/null || true
-			die "pykmip-server exited during startup"
+			echo "pykmip.sh: pykmip-server exited during startup" >&2
+			port=$asked
+			return 1
 		fi
 		if [ $SECONDS -ge $deadline ]; then
 			stop
-			die "pykmip-server did not answer on $host:$port within ${start_timeout}s"
+			echo "pykmip.sh: pykmip-server did not answer on $host:$port within ${start_timeout}s" >&2
+			port=$asked
+			return 1
 		fi
 		sleep 0.2
 	done

@@ -242,7 +242,7 @@ func TestVMEncryptDecryptRoundTrip(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("vm encrypt: exit %d\n%s%s", code, out, stderr)
 	}
-	if !strings.Contains(out, "5 objects converted") || !strings.Contains(out, "MB/s") {
+	if !strings.Contains(out, "5 objects of ") || !strings.Contains(out, "MB/s") {
 		t.Errorf("summary %q lacks object count or rate", out)
 	}
 	checkState(t, mnt, "vm1", "encrypted", 5, 0)

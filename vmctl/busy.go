@@ -10,7 +10,10 @@ import "github.com/cryptds/cryptds/internal/procfd"
 func openWriters(dirs ...string) []OpenFile {
 	var out []OpenFile
 	for _, f := range procfd.Under(dirs...) {
-		if f.Writable {
+		// A FUSE daemon (the cryptds mount serving this VM) holds the
+		// backing file of every file open through it; the writer to name
+		// is the process behind it, which holds the mount-side path.
+		if f.Writable && !f.FuseServer {
 			out = append(out, OpenFile{Path: f.Path, PID: f.PID, Command: f.Command})
 		}
 	}

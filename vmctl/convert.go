@@ -170,6 +170,7 @@ func (v *vmDir) convertAll(ctx context.Context, todo []object, opts Options, ver
 			return fmt.Errorf("convert %s: %w", o.path, err)
 		}
 		rep.Converted++
+		rep.Size += o.size
 		rep.Bytes += n
 		base += ests[i]
 		p.Objects, p.Bytes = i+1, base

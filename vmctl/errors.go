@@ -66,7 +66,7 @@ func (e *BusyError) Error() string {
 		}
 		fmt.Fprintf(&b, " %s (%s pid %d)", f.Path, f.Command, f.PID)
 	}
-	b.WriteString("; stop the VM first (or use force if these are not VM writers)")
+	b.WriteString("; stop the VM first (or add --force if these are not the VM's writers)")
 	return b.String()
 }
 

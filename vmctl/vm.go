@@ -85,6 +85,7 @@ type Report struct {
 	KEKID            string        `json:"kek_id,omitempty"`
 	Converted        int           `json:"converted"`         // objects rewritten
 	AlreadyDone      int           `json:"already_done"`      // objects that were already in the target state
+	Size             int64         `json:"size"`              // plaintext size of the objects converted (the same for encrypt and decrypt)
 	Bytes            int64         `json:"bytes"`             // data bytes copied (holes excluded)
 	RemovedLeftovers []string      `json:"removed_leftovers"` // temp files of an interrupted run, removed
 	Duration         time.Duration `json:"duration_ns"`

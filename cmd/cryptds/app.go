@@ -39,6 +39,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			manCommand(),
 		},
 	}
+	app.Action = appAction
+	guardCommands("", app.Commands)
 	return app
 }
 
@@ -56,20 +58,50 @@ func versionCommand() *cli.Command {
 		Name:  "version",
 		Usage: "print the version and build information",
 		Action: func(c *cli.Context) error {
-			v, goVer := "(devel)", ""
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				goVer = bi.GoVersion
-				if bi.Main.Version != "" {
-					v = bi.Main.Version
-				}
-				for _, s := range bi.Settings {
-					if s.Key == "vcs.revision" {
-						v += " " + s.Value
-					}
-				}
-			}
-			_, err := fmt.Fprintf(c.App.Writer, "cryptds %s (%s, format v1)\n", v, goVer)
+			bi, _ := debug.ReadBuildInfo()
+			_, err := fmt.Fprintln(c.App.Writer, versionString(bi, linkedCommit, linkedModified))
 			return err
 		},
 	}
+}
+
+// linkedCommit and linkedModified are set by `make build` with -ldflags -X
+// from git, for builds whose toolchain does not stamp VCS information
+// (GOFLAGS=-buildvcs=false, a build outside the checkout's root).
+var linkedCommit, linkedModified string
+
+// versionString is "cryptds VERSION commit REV[ (modified)] built TIME
+// (GO, format v1)": the module version and the vcs.* settings Go stamps
+// into the binary, else the values make linked in.
+func versionString(bi *debug.BuildInfo, commit, modified string) string {
+	v, goVer, when := "(devel)", "", ""
+	if bi != nil {
+		goVer = bi.GoVersion
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			case "vcs.time":
+				when = s.Value
+			}
+		}
+	}
+	out := "cryptds " + v
+	if commit == "" {
+		out += " commit unknown (built without VCS information)"
+	} else {
+		out += " commit " + commit
+		if modified == "true" {
+			out += " (modified)"
+		}
+	}
+	if when != "" {
+		out += " committed " + when
+	}
+	return fmt.Sprintf("%s (%s, format v1)", out, goVer)
 }

@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -42,8 +48,9 @@ func TestExitCodes(t *testing.T) {
 		{"mount missing mountpoint", []string{"mount", "--dev", dir, filepath.Join(dir, "nope")}, ExitMount, "mountpoint"},
 		{"mount no kms", []string{"mount", dir, t.TempDir()}, ExitUsage, "no key server"},
 		{"umount not mounted", []string{"umount", dir}, ExitMount, "not a cryptds mount"},
-		{"inspect plain file", []string{"inspect", plain}, ExitNotFound, "not every object"},
-		{"inspect missing file", []string{"inspect", filepath.Join(dir, "nope")}, ExitNotFound, ""},
+		{"inspect plain file", []string{"inspect", plain}, ExitNotFound, "not an encrypted object"},
+		{"inspect missing file", []string{"inspect", filepath.Join(dir, "nope")}, ExitFailure, "no such file or directory"},
+		{"inspect one bad of two", []string{"inspect", plain, filepath.Join(dir, "nope")}, ExitNotFound, "2 of 2 files are not healthy encrypted objects (first: " + plain},
 		{"inspect no args", []string{"inspect"}, ExitUsage, "BACKINGFILE"},
 		{"kms serve without --dev", []string{"kms", "serve", "--state-dir", dir}, ExitUsage, "--dev"},
 	}
@@ -152,5 +159,146 @@ func TestREADMEFlagTable(t *testing.T) {
 				t.Errorf("README row for --%s lacks default %s: %s", name, d, row)
 			}
 		}
+	}
+}
+
+// TestSIGHUPDocsAgree keeps every place that tells an operator what SIGHUP
+// changes in step: README, the example config, the unit and the mount
+// command's help all name the same keys the reloader applies live.
+func TestSIGHUPDocsAgree(t *testing.T) {
+	live := []string{"log-format", "debug", "key-ttl"} // liveSettings
+	docs := map[string]string{}
+	for _, f := range []string{"../../README.md", "../../packaging/cryptds.toml.example", "../../packaging/systemd/cryptds@.service"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs[f] = string(b)
+	}
+	docs["cryptds mount --help"] = mountCommand().Description
+	for name, text := range docs {
+		// The sentence (or comment line) that mentions SIGHUP and what follows it.
+		i := strings.Index(text, "SIGHUP")
+		for i >= 0 && !strings.Contains(text[i:min(len(text), i+300)], "at once") {
+			j := strings.Index(text[i+1:], "SIGHUP")
+			if j < 0 {
+				i = -1
+				break
+			}
+			i += 1 + j
+		}
+		if i < 0 {
+			t.Errorf("%s does not say what SIGHUP changes at once", name)
+			continue
+		}
+		// Up to the end of the clause that says "at once".
+		span := text[i:]
+		span = span[:strings.Index(span, "at once")]
+		span = strings.ReplaceAll(span, "\n#", " ")
+		for _, k := range live {
+			if !strings.Contains(span, k) {
+				t.Errorf("%s: what SIGHUP changes at once does not name %s: %q", name, k, span)
+			}
+		}
+	}
+}
+
+// TestVersionString: version names the commit and whether the tree was
+// modified, from Go's build info or, without it, from what make linked in.
+func TestVersionString(t *testing.T) {
+	stamped := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "true"}, {Key: "vcs.time", Value: "2026-12-07T17:00:00Z"}}}
+	clean := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "v1.2.0"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.modified", Value: "false"}}}
+	bare := &debug.BuildInfo{GoVersion: "go1.26", Main: debug.Module{Version: "(devel)"}}
+	tests := []struct {
+		name             string
+		bi               *debug.BuildInfo
+		commit, modified string
+		want             string
+	}{
+		{"stamped, modified", stamped, "", "", "cryptds (devel) commit 0123abcd (modified) committed 2026-12-07T17:00:00Z (go1.26, format v1)"},
+		{"stamped wins over linked", clean, "ffff", "true", "cryptds v1.2.0 commit 0123abcd (go1.26, format v1)"},
+		{"linked by make", bare, "89abcdef", "false", "cryptds (devel) commit 89abcdef (go1.26, format v1)"},
+		{"linked, modified", bare, "89abcdef", "true", "cryptds (devel) commit 89abcdef (modified) (go1.26, format v1)"},
+		{"nothing known", bare, "", "", "cryptds (devel) commit unknown (built without VCS information) (go1.26, format v1)"},
+	}
+	for _, tc := range tests {
+		if got := versionString(tc.bi, tc.commit, tc.modified); got != tc.want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestManPageSections: the man page has a real SYNOPSIS (every command),
+// and EXIT STATUS, ENVIRONMENT and FILES sections; EXIT STATUS agrees
+// with README's exit code table.
+func TestManPageSections(t *testing.T) {
+	code, page, stderr := runCLI(t, "man")
+	if code != 0 {
+		t.Fatalf("man: exit %d: %s", code, stderr)
+	}
+	syn := page[strings.Index(page, ".SH SYNOPSIS"):strings.Index(page, ".SH DESCRIPTION")]
+	for _, want := range []string{`cryptds mount [flags] DATASTORE MOUNTPOINT`, `cryptds vm rekey [flags] VMDIR`, `cryptds fsck [flags] DATASTORE`} {
+		if !strings.Contains(strings.ReplaceAll(syn, `\-`, "-"), want) {
+			t.Errorf("SYNOPSIS lacks %q:\n%s", want, syn)
+		}
+	}
+	if strings.Contains(syn, "[--help|-h]") {
+		t.Errorf("SYNOPSIS is still urfave's placeholder:\n%s", syn)
+	}
+	for _, sec := range []string{".SH EXIT STATUS", ".SH ENVIRONMENT", ".SH FILES"} {
+		if !strings.Contains(page, sec+"\n") {
+			t.Errorf("man page has no %s section", sec)
+		}
+	}
+	for _, want := range []string{"CRYPTDS_KMIP_CA", "CRYPTDS_KEY_TTL", "NOTIFY_SOCKET", "/etc/cryptds/NAME.toml", "/var/lib/cryptds"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("man page does not mention %s", want)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range exitStatuses {
+		row := fmt.Sprintf("| %d | ", e.code)
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README's exit code table has no row for %d", e.code)
+		}
+		if !strings.Contains(page, fmt.Sprintf(".B %d\n%s\n", e.code, e.meaning)) {
+			t.Errorf("EXIT STATUS lacks code %d", e.code)
+		}
+	}
+}
+
+// TestLibraryLogs: what libraries log through slog.Default() or Go's log
+// package comes out in the command's own format, their chatter only with
+// --debug, and a server's read error on a connection it closed itself
+// (the dev KMS stopping) never as an ERROR; other errors stay errors.
+func TestLibraryLogs(t *testing.T) {
+	defer saveLibraryLogs()()
+	var buf bytes.Buffer
+	if _, err := newLogger(&buf, "json", false); err != nil {
+		t.Fatal(err)
+	}
+	slog.Info("New connection", "addr", "127.0.0.1:1")
+	slog.Warn("Shutting down")
+	slog.Error("Failed to read data from client", "err", fmt.Errorf("recv: %w", io.ErrClosedPipe))
+	log.Printf("a Go log line")
+	if buf.Len() != 0 {
+		t.Errorf("library chatter shown without --debug:\n%s", buf.String())
+	}
+	slog.Error("Failed to write HTTP response", "err", errors.New("broken"))
+	if !strings.Contains(buf.String(), `"level":"ERROR","msg":"Failed to write HTTP response"`) {
+		t.Errorf("a real library error was not logged as an ERROR in JSON:\n%s", buf.String())
+	}
+	buf.Reset()
+	if _, err := newLogger(&buf, "text", true); err != nil {
+		t.Fatal(err)
+	}
+	log.Printf("a Go log line")
+	if !strings.HasPrefix(buf.String(), "time=") || !strings.Contains(buf.String(), `level=DEBUG msg="a Go log line"`) {
+		t.Errorf("a Go log line with --debug is not in the slog text format:\n%s", buf.String())
 	}
 }

@@ -96,7 +96,8 @@ func manCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("generate man page: %w", err)
 			}
-			_, err = fmt.Fprint(c.App.Writer, page+manExamples(c.App.Commands, ""))
+			page = replaceSynopsis(page, manSynopsis(c.App.Commands, ""))
+			_, err = fmt.Fprint(c.App.Writer, page+manExamples(c.App.Commands, "")+manExitStatus()+manEnvironment(c.App.Commands)+manFiles)
 			return err
 		},
 	}
@@ -121,3 +122,97 @@ func manExamples(cmds []*cli.Command, prefix string) string {
 	}
 	return b.String()
 }
+
+// manSynopsis is one line per command: cryptds NAME [flags] ARGS.
+func manSynopsis(cmds []*cli.Command, prefix string) string {
+	var b strings.Builder
+	for _, c := range cmds {
+		if c.Hidden || c.Name == "help" {
+			continue
+		}
+		if len(c.Subcommands) > 0 {
+			b.WriteString(manSynopsis(c.Subcommands, prefix+c.Name+" "))
+			continue
+		}
+		line := "cryptds " + prefix + c.Name
+		if len(c.Flags) > 0 {
+			line += " [flags]"
+		}
+		if c.ArgsUsage != "" {
+			line += " " + c.ArgsUsage
+		}
+		fmt.Fprintf(&b, ".br\n\\fB%s\\fP\n", strings.ReplaceAll(line, "-", "\\-"))
+	}
+	return b.String()
+}
+
+// replaceSynopsis puts syn in place of urfave's SYNOPSIS body, which shows
+// only "cryptds [--help|-h]".
+func replaceSynopsis(page, syn string) string {
+	start := strings.Index(page, ".SH SYNOPSIS\n")
+	end := strings.Index(page, ".SH DESCRIPTION")
+	if start < 0 || end < start {
+		return page
+	}
+	return page[:start] + ".SH SYNOPSIS\n" + syn + "\n" + page[end:]
+}
+
+// manExitStatus renders exitStatuses.
+func manExitStatus() string {
+	var b strings.Builder
+	b.WriteString(".SH EXIT STATUS\n")
+	for _, e := range exitStatuses {
+		fmt.Fprintf(&b, ".TP\n.B %d\n%s\n", e.code, e.meaning)
+	}
+	return b.String()
+}
+
+// manEnvironment lists every environment variable a flag reads, and the
+// ones the daemon reads itself.
+func manEnvironment(cmds []*cli.Command) string {
+	seen := map[string]bool{}
+	var b strings.Builder
+	b.WriteString(".SH ENVIRONMENT\nEvery mount flag can be set by an environment variable; a flag on the command line wins, a config file loses.\n")
+	var walk func([]*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			for _, f := range c.Flags {
+				ev, ok := f.(interface{ GetEnvVars() []string })
+				if !ok {
+					continue
+				}
+				for _, e := range ev.GetEnvVars() {
+					if seen[e] {
+						continue
+					}
+					seen[e] = true
+					fmt.Fprintf(&b, ".TP\n.B %s\nsame as \\fB\\-\\-%s\\fP\n", e, strings.ReplaceAll(f.Names()[0], "-", "\\-"))
+				}
+			}
+			walk(c.Subcommands)
+		}
+	}
+	walk(cmds)
+	b.WriteString(".TP\n.B NOTIFY_SOCKET\nset by systemd (Type=notify): mount sends READY=1, RELOADING=1 and STOPPING=1 there\n")
+	b.WriteString(".TP\n.B GOMEMLIMIT, GOMAXPROCS\noverride the daemon's soft memory limit (128 MiB) and its scheduler headroom\n")
+	return b.String()
+}
+
+// manFiles names the files cryptds reads and writes.
+const manFiles = `.SH FILES
+.TP
+.I /etc/cryptds/NAME.toml, /etc/cryptds/NAME.env
+config and environment of cryptds@NAME.service
+.TP
+.I /var/lib/cryptds
+default \-\-state\-dir: dev KMS state (devkms/), disk key cache (keycache/), write journals (journal/DATASTORE\-ID)
+.TP
+.I /sbin/mount.fuse.cryptds
+mount(8) helper (a link to the binary) for fstab lines of type fuse.cryptds
+.TP
+.I /var/log/cryptds/MOUNTPOINT.log
+daemon log of a mount started by mount(8), unless log=FILE says otherwise
+.TP
+.I /proc/self/mountinfo
+cryptds mounts show the source cryptds:BACKING\-DIR
+`

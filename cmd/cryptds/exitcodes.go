@@ -17,6 +17,22 @@ const (
 	ExitNotFound = 6 // the path is not what the command needs (not a VM, not encrypted...)
 )
 
+// exitStatuses says what each exit code means, for the man page's EXIT
+// STATUS section; README's "Exit codes" table says the same (checked by a
+// test).
+var exitStatuses = []struct {
+	code    int
+	meaning string
+}{
+	{ExitOK, "success (fsck: clean; warnings may be listed)"},
+	{ExitFailure, "any other failure"},
+	{ExitUsage, "bad arguments or flags"},
+	{ExitMount, "mountpoint or datastore unusable: missing, not empty, already mounted, inside the datastore; fsck or inspect given a path on a cryptds mount; busy"},
+	{ExitKMS, "the key server could not be reached or refused us"},
+	{ExitCorrupt, "corruption found (inspect, fsck)"},
+	{ExitNotFound, "the path is not what the command needs (not a VM, not encrypted, already encrypted, not an encrypted object)"},
+}
+
 // codedError attaches an exit code to an error without hiding it from
 // errors.Is/As.
 type codedError struct {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -38,12 +41,37 @@ func raiseOpenFileLimit(log *slog.Logger) uint64 {
 			lim = raised
 		}
 	}
-	if lim.Cur < lowFileLimit {
-		log.Warn("the open-file limit is low: the daemon keeps a descriptor per file the kernel caches and makes the kernel forget files past half the limit, so walks of many files cost extra lookups (raise the hard limit, e.g. systemd's LimitNOFILE)", "limit", lim.Cur)
-	} else {
-		log.Debug("open-file limit", "limit", lim.Cur)
-	}
+	log.Debug("open-file limit", "limit", lim.Cur)
 	return lim.Cur
+}
+
+// warnLowFileLimit warns when the open-file limit will cost this datastore
+// extra lookups: the limit is under lowFileLimit and the datastore already
+// holds more entries than half of it, the point past which a walk of all
+// of them (ls -lR, a backup) makes the daemon ask the kernel to forget
+// files. A small datastore under a low limit loses nothing, so it gets no
+// warning on every mount. The count stops at half the limit.
+func warnLowFileLimit(log *slog.Logger, limit uint64, datastore string) {
+	if limit >= lowFileLimit {
+		return
+	}
+	half := limit / 2
+	var n uint64
+	errEnough := errors.New("enough")
+	_ = filepath.WalkDir(datastore, func(_ string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if n++; n > half {
+			return errEnough
+		}
+		return nil
+	})
+	if n <= half {
+		return
+	}
+	log.Warn("the open-file limit is low for this datastore: it holds more than half as many files as the limit, and past half the limit the daemon makes the kernel forget files, so walks of all of them cost extra lookups (raise the hard limit, e.g. systemd's LimitNOFILE)",
+		"limit", limit, "files_at_least", n)
 }
 
 // nrOpen is the most descriptors a process may be allowed (fs.nr_open),

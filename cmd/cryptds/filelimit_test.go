@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,8 +42,35 @@ func TestRaiseOpenFileLimit(t *testing.T) {
 	if now.Cur != want || now.Max != want {
 		t.Errorf("limit %d/%d after raising, want %d/%d", now.Cur, now.Max, want, want)
 	}
-	if warned := strings.Contains(logs.String(), "open-file limit is low"); warned != (now.Cur < lowFileLimit) {
-		t.Errorf("warned %v with a limit of %d:\n%s", warned, now.Cur, logs.String())
+	if strings.Contains(logs.String(), "open-file limit is low") {
+		t.Errorf("raising the limit warned; warnLowFileLimit decides that:\n%s", logs.String())
+	}
+}
+
+// TestWarnLowFileLimit: the warning comes only when it matters: a low
+// limit and a datastore with more entries than half of it.
+func TestWarnLowFileLimit(t *testing.T) {
+	ds := t.TempDir()
+	for i := range 10 {
+		if err := os.WriteFile(filepath.Join(ds, strconv.Itoa(i)), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		limit uint64
+		warn  bool
+	}{
+		{lowFileLimit, false}, // not low
+		{1 << 14, false},      // low, but 11 entries are far from half of it
+		{22, false},           // 11 entries: exactly half, nothing forgotten yet
+		{20, true},            // 11 entries > 10
+	}
+	for _, tc := range tests {
+		var logs bytes.Buffer
+		warnLowFileLimit(slog.New(slog.NewTextHandler(&logs, nil)), tc.limit, ds)
+		if warned := strings.Contains(logs.String(), "open-file limit is low"); warned != tc.warn {
+			t.Errorf("limit %d, 11 entries: warned %v, want %v\n%s", tc.limit, warned, tc.warn, logs.String())
+		}
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path/filepath"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/pkg/xattr"
@@ -50,7 +52,7 @@ func fsckCommand() *cli.Command {
 
 func fsckAction(c *cli.Context) error {
 	if c.NArg() != 1 {
-		return withCode(ExitUsage, fmt.Errorf("fsck needs exactly one DATASTORE, got %d arguments", c.NArg()))
+		return withCode(ExitUsage, fmt.Errorf("fsck needs exactly one DATASTORE, got %s", plural(c.NArg(), "argument", "arguments")))
 	}
 	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
 	if err != nil {
@@ -59,6 +61,9 @@ func fsckAction(c *cli.Context) error {
 	ds, err := filepath.Abs(c.Args().First())
 	if err != nil {
 		return withCode(ExitUsage, err)
+	}
+	if err := refuseOnMount("fsck", ds, "unmount it, then run cryptds fsck on %s"); err != nil {
+		return err
 	}
 	if err := refuseMounted(ds); err != nil {
 		return err
@@ -159,9 +164,14 @@ func printFsck(w io.Writer, r *fsck.Report) {
 		}
 		tw.Flush()
 	}
+	// Each unusable KEK's error once, not on every line of its objects.
+	ids := slices.Sorted(maps.Keys(r.KeyErrors))
+	for _, id := range ids {
+		fmt.Fprintf(w, "KEK %s: %s\n", id, r.KeyErrors[id])
+	}
 	verified := "blocks not authenticated (--no-keys)"
 	if r.KeysChecked {
-		verified = fmt.Sprintf("%d verified (%d blocks)", r.Verified, r.BlocksVerified)
+		verified = fmt.Sprintf("%d verified (%s)", r.Verified, plural(r.BlocksVerified, "block", "blocks"))
 	}
 	state := "clean"
 	switch {
@@ -170,6 +180,8 @@ func printFsck(w io.Writer, r *fsck.Report) {
 	case r.Incomplete():
 		state = "INCOMPLETE"
 	}
-	fmt.Fprintf(w, "%s: %s: %d objects (%d encrypted, %d plain), %s, %d policies, %d xattrs and %d policies restored, %d findings\n",
-		r.Datastore, state, r.Objects, r.Encrypted, r.Plain, verified, r.Policies, r.Restored, r.PoliciesRestored, len(r.Findings))
+	fmt.Fprintf(w, "%s: %s: %s (%d encrypted, %d plain), %s, %s, %s and %s restored, %s\n",
+		r.Datastore, state, plural(r.Objects, "object", "objects"), r.Encrypted, r.Plain, verified,
+		plural(r.Policies, "policy", "policies"), plural(r.Restored, "xattr", "xattrs"),
+		plural(r.PoliciesRestored, "policy", "policies"), plural(len(r.Findings), "finding", "findings"))
 }

@@ -40,7 +40,9 @@ func inspectCommand() *cli.Command {
 		ArgsUsage: "BACKINGFILE...",
 		Description: "Reads the header xattr and the in-file header copy of files in the backing\n" +
 			"datastore (not the mount). Exit 0 when every file is a healthy encrypted object,\n" +
-			"5 when a header is corrupt or the two copies disagree, 6 when a file is not encrypted.\n\n" +
+			"5 when a header is corrupt or the two copies disagree, 6 when a file is not encrypted,\n" +
+			"3 when a path is on a cryptds mount (the message names its backing file), 1 when a\n" +
+			"file cannot be read (missing, no permission).\n\n" +
 			"Example:\n   cryptds inspect /srv/ds/vm1/disk.qcow2\n   cryptds inspect --json /srv/ds/vm1/*",
 		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "one JSON object per file"}},
 		OnUsageError: usageError,
@@ -48,9 +50,15 @@ func inspectCommand() *cli.Command {
 			if c.NArg() == 0 {
 				return withCode(ExitUsage, errors.New("inspect needs at least one BACKINGFILE"))
 			}
-			worst := ExitOK
+			worst, bad, first := ExitOK, 0, ""
 			for _, p := range c.Args().Slice() {
 				info, code := inspectObject(p)
+				if code != ExitOK {
+					bad++
+					if first == "" {
+						first = p + ": " + info.Problem
+					}
+				}
 				worst = max(worst, code)
 				if c.Bool("json") {
 					b, _ := json.Marshal(info)
@@ -59,8 +67,11 @@ func inspectCommand() *cli.Command {
 				}
 				printObjectInfo(c.App.Writer, info)
 			}
-			if worst != ExitOK {
-				return withCode(worst, errors.New("not every object is a healthy encrypted object"))
+			switch {
+			case bad == 1 && c.NArg() == 1:
+				return withCode(worst, errors.New(first))
+			case bad > 0:
+				return withCode(worst, fmt.Errorf("%d of %d files are not healthy encrypted objects (first: %s)", bad, c.NArg(), first))
 			}
 			return nil
 		},
@@ -86,9 +97,14 @@ func inspectObject(path string) (objectInfo, int) {
 		info.Problem = fmt.Sprintf(format, a...)
 		return info, code
 	}
+	if mnt, backing, ok := onCryptdsMount(path); ok {
+		return fail(ExitMount, "the file is on the cryptds mount %s, which shows plaintext; inspect reads backing files: cryptds inspect %s", mnt, backing)
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fail(ExitNotFound, "%v", err)
+		// A missing or unreadable file is an ordinary failure (exit 1),
+		// not "not an encrypted object".
+		return fail(ExitFailure, "%v", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()

@@ -40,8 +40,9 @@ func kmsCommand() *cli.Command {
 					return withCode(ExitKMS, fmt.Errorf("start dev KMS: %w", err))
 				}
 				defer srv.Close()
+				// devkms.New has logged its NOT-for-production warning with
+				// the address; the flags on stdout name the credentials.
 				ca, cert, key := srv.ClientCredentials()
-				log.Warn("dev KMS listening: NOT for production", "addr", srv.Addr(), "ca", ca, "client_cert", cert, "client_key", key)
 				fmt.Fprintf(c.App.Writer, "--kmip %s --kmip-ca %s --kmip-cert %s --kmip-key %s\n", srv.Addr(), ca, cert, key)
 				<-c.Context.Done()
 				log.Info("dev KMS stopping")

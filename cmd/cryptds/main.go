@@ -26,6 +26,7 @@ func main() {
 // run executes the command line and returns the process exit code. It never
 // calls os.Exit itself, so tests can drive it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	defer saveLibraryLogs()()
 	app := newApp(stdout, stderr)
 	if err := app.RunContext(ctx, args); err != nil {
 		fmt.Fprintf(stderr, "cryptds: %v\n", err)

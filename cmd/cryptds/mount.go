@@ -58,6 +58,7 @@ func mountFlags() []cli.Flag {
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fuse-debug", Usage: "trace every FUSE request (very verbose)", EnvVars: []string{"CRYPTDS_FUSE_DEBUG"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on http://`ADDR`/metrics (loopback host:port, e.g. 127.0.0.1:9523); off when empty", EnvVars: []string{"CRYPTDS_METRICS_LISTEN"}}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "metrics-listen-any", Usage: "allow a non-loopback --metrics-listen address (metrics reveal VM activity)", EnvVars: []string{"CRYPTDS_METRICS_LISTEN_ANY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-file", Usage: "append the daemon's log to `FILE` instead of stderr (errors that stop the command still go to stderr)", EnvVars: []string{"CRYPTDS_LOG_FILE"}}),
 	)
 }
 
@@ -145,13 +146,17 @@ func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string,
 		if err != nil {
 			return nil, withCode(ExitKMS, fmt.Errorf("start dev KMS: %w", err))
 		}
-		ks.dev = srv
+		ks.dev = srv // devkms.New has logged its NOT-for-production warning
 		cfg.Endpoints = []string{srv.Addr()}
 		cfg.CAFile, cfg.CertFile, cfg.KeyFile = srv.ClientCredentials()
-		log.Warn("using the built-in dev KMS: NOT for production", "state", dir)
 	}
 	if len(cfg.Endpoints) == 0 {
 		return nil, withCode(ExitUsage, errors.New("no key server: give --kmip ADDR (with --kmip-ca/--kmip-cert/--kmip-key) or --dev"))
+	}
+	if !c.Bool("dev") {
+		if err := checkTLSFlags(c); err != nil {
+			return nil, err
+		}
 	}
 	ks.kmsID = strings.Join(cfg.Endpoints, ",")
 	cl, err := kmipclient.New(c.Context, cfg)
@@ -167,14 +172,19 @@ func openKMS(c *cli.Context, log *slog.Logger, observe func(op, endpoint string,
 // line or by env var (see mountCommand).
 func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if c.NArg() != 2 {
-		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %d arguments", c.NArg()))
+		return withCode(ExitUsage, fmt.Errorf("mount needs DATASTORE and MOUNTPOINT, got %s", plural(c.NArg(), "argument", "arguments")))
 	}
-	log, logs, err := newReloadableLogger(c.App.ErrWriter, c.String("log-format"), c.Bool("debug"))
+	logw, closeLog, err := openLogFile(c.App.ErrWriter, c.String("log-file"))
 	if err != nil {
 		return err
 	}
+	defer closeLog()
+	log, logs, err := newReloadableLogger(logw, c.String("log-format"), c.Bool("debug"))
+	if err != nil {
+		return err
+	}
+	routeLibraryLogs(log)
 	setMemoryLimit(log)
-	raiseOpenFileLimit(log)
 	forbidCoreDumps(log)
 	datastore, err := filepath.Abs(c.Args().Get(0))
 	if err != nil {
@@ -202,6 +212,7 @@ func mountAction(c *cli.Context, pinned map[string]bool) error {
 	if err != nil {
 		return err
 	}
+	warnLowFileLimit(log, raiseOpenFileLimit(log), datastore)
 
 	var exp *metrics.Exporter
 	if addr := c.String("metrics-listen"); addr != "" {

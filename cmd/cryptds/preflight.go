@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -126,6 +127,9 @@ func checkMountpoint(mnt, datastore string) error {
 	if !st.IsDir() {
 		return withCode(ExitMount, fmt.Errorf("mountpoint %s is not a directory", mnt))
 	}
+	if err := refuseNested(mnt, datastore); err != nil {
+		return err
+	}
 	mounts, err := readMounts()
 	if err != nil {
 		return err
@@ -143,9 +147,33 @@ func checkMountpoint(mnt, datastore string) error {
 		return withCode(ExitMount, fmt.Errorf("mountpoint: %w", err))
 	}
 	if len(ents) > 0 {
-		return withCode(ExitMount, fmt.Errorf("mountpoint %s is not empty (%d entries); mounting over files would hide them", mnt, len(ents)))
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is not empty (%s); mounting over files would hide them", mnt, plural(len(ents), "entry", "entries")))
 	}
 	return nil
+}
+
+// refuseNested refuses a mountpoint that is the datastore or inside it,
+// symlinks resolved: the view would contain itself (lookups recurse,
+// writes fail with EIO) and the daemon's own backing accesses would keep
+// its mount busy, so neither cryptds umount nor SIGTERM could end it.
+func refuseNested(mnt, datastore string) error {
+	m, d := resolved(mnt), resolved(datastore)
+	switch {
+	case m == d:
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is the datastore itself (%s): mount the view elsewhere, e.g. /mnt/%s", mnt, d, filepath.Base(d)))
+	case strings.HasPrefix(m, d+"/") || d == "/":
+		return withCode(ExitMount, fmt.Errorf("mountpoint %s is inside the datastore %s: the view would contain itself; choose a mountpoint outside it", mnt, d))
+	}
+	return nil
+}
+
+// resolved is path with every symlink resolved, or path itself when it
+// cannot be resolved (a missing datastore is reported later, by name).
+func resolved(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return filepath.Clean(path)
 }
 
 // fsName is what the kernel mount table shows as the source of our mounts,

@@ -17,6 +17,14 @@ import (
 	"github.com/cryptds/cryptds/objcrypt"
 )
 
+// TestMain lets scripts run the real command as a process too: "exec
+// cryptds-proc ARGS" runs main, so what the process writes outside the
+// command's own writers (Go's log package, slog's default logger that
+// libraries use) is seen as a user sees it.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){"cryptds-proc": main})
+}
+
 // TestScripts runs testdata/script/*.txtar: the command line's output and
 // exit codes are an API, pinned by these scripts. "cryptds" runs the
 // command line in-process; "exitcode N" checks the last cryptds exit code;

@@ -71,7 +71,7 @@ func vmConvertCommand(encrypt bool) *cli.Command {
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return withCode(ExitUsage, fmt.Errorf("vm %s needs exactly one VMDIR, got %d arguments", name, c.NArg()))
+				return withCode(ExitUsage, fmt.Errorf("vm %s needs exactly one VMDIR, got %s", name, plural(c.NArg(), "argument", "arguments")))
 			}
 			path := c.Args().First()
 			pr := newProgressReporter(c.App.ErrWriter, verb+" "+filepath.Base(path))
@@ -111,13 +111,15 @@ func printReport(w io.Writer, done string, r vmctl.Report) {
 	if secs > 0 {
 		rate = float64(r.Bytes) / 1e6 / secs
 	}
-	fmt.Fprintf(w, "%s %s: %d objects converted (%d already were), %s copied in %.1fs (%.1f MB/s)\n",
-		done, r.VM, r.Converted, r.AlreadyDone, humanBytes(r.Bytes), secs, rate)
+	// The size is the objects' plaintext size, the same whichever way a VM
+	// is converted (and vm list's SIZE); the data copied leaves out holes.
+	fmt.Fprintf(w, "%s %s: %s of %s converted (%d already were), %s of data copied in %.1fs (%.1f MB/s)\n",
+		done, r.VM, plural(r.Converted, "object", "objects"), humanBytes(r.Size), r.AlreadyDone, humanBytes(r.Bytes), secs, rate)
 	if r.KEKID != "" {
 		fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
 	}
 	if n := len(r.RemovedLeftovers); n > 0 {
-		fmt.Fprintf(w, "  removed %d leftover(s) of an interrupted run\n", n)
+		fmt.Fprintf(w, "  removed %s of an interrupted run\n", plural(n, "leftover", "leftovers"))
 	}
 }
 
@@ -137,7 +139,7 @@ func vmListCommand() *cli.Command {
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return withCode(ExitUsage, fmt.Errorf("vm list needs exactly one MOUNTPOINT, got %d arguments", c.NArg()))
+				return withCode(ExitUsage, fmt.Errorf("vm list needs exactly one MOUNTPOINT, got %s", plural(c.NArg(), "argument", "arguments")))
 			}
 			vms, err := vmctl.List(c.Args().First())
 			if err != nil {
@@ -171,7 +173,7 @@ func vmStatusCommand() *cli.Command {
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return withCode(ExitUsage, fmt.Errorf("vm status needs exactly one VMDIR, got %d arguments", c.NArg()))
+				return withCode(ExitUsage, fmt.Errorf("vm status needs exactly one VMDIR, got %s", plural(c.NArg(), "argument", "arguments")))
 			}
 			st, err := vmctl.Status(c.Args().First())
 			if err != nil {
@@ -331,7 +333,7 @@ func vmRekeyCommand() *cli.Command {
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return withCode(ExitUsage, fmt.Errorf("vm rekey needs exactly one VMDIR, got %d arguments", c.NArg()))
+				return withCode(ExitUsage, fmt.Errorf("vm rekey needs exactly one VMDIR, got %s", plural(c.NArg(), "argument", "arguments")))
 			}
 			if c.Bool("force") && !c.Bool("deep") {
 				return withCode(ExitUsage, errors.New("--force only applies to --deep (a shallow rekey never refuses a running VM)"))
@@ -375,7 +377,7 @@ func vmShredCommand() *cli.Command {
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return withCode(ExitUsage, fmt.Errorf("vm shred needs exactly one VMDIR, got %d arguments", c.NArg()))
+				return withCode(ExitUsage, fmt.Errorf("vm shred needs exactly one VMDIR, got %s", plural(c.NArg(), "argument", "arguments")))
 			}
 			if !c.Bool("yes") {
 				return withCode(ExitUsage, fmt.Errorf("vm shred makes %s unreadable forever: add --yes to confirm", c.Args().First()))
@@ -396,7 +398,7 @@ func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
 	w := c.App.Writer
 	switch r.Mode {
 	case "shred":
-		fmt.Fprintf(w, "shredded %s: %d encrypted objects are now unreadable\n", r.VM, r.Objects)
+		fmt.Fprintf(w, "shredded %s: %s now unreadable\n", r.VM, plural(r.Objects, "encrypted object is", "encrypted objects are"))
 		for _, k := range r.Destroyed {
 			until := k.Until
 			if until == "" {
@@ -410,9 +412,9 @@ func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
 		if r.Resumed {
 			verb = "finished the interrupted deep rekey of"
 		}
-		fmt.Fprintf(w, "%s %s: %d objects re-encrypted, %s copied in %.1fs\n", verb, r.VM, r.Converted, humanBytes(r.Bytes), r.Duration.Seconds())
+		fmt.Fprintf(w, "%s %s: %s re-encrypted, %s copied in %.1fs\n", verb, r.VM, plural(r.Converted, "object", "objects"), humanBytes(r.Bytes), r.Duration.Seconds())
 	default:
-		fmt.Fprintf(w, "rekeyed %s: %d object headers rewritten in place in %.1fs\n", r.VM, r.Objects, r.Duration.Seconds())
+		fmt.Fprintf(w, "rekeyed %s: %s rewritten in place in %.1fs\n", r.VM, plural(r.Objects, "object header", "object headers"), r.Duration.Seconds())
 	}
 	fmt.Fprintf(w, "  kek: %s\n", r.KEKID)
 	old := 0
@@ -428,7 +430,7 @@ func printRekey(c *cli.Context, r vmctl.RekeyReport) error {
 			"  'cryptds key destroy DATASTORE KEKID'). Plaintext backups need no key.\n", r.VM)
 	}
 	if n := len(r.RemovedLeftovers); n > 0 {
-		fmt.Fprintf(w, "  removed %d leftover(s) of an interrupted run\n", n)
+		fmt.Fprintf(w, "  removed %s of an interrupted run\n", plural(n, "leftover", "leftovers"))
 	}
 	return nil
 }

@@ -78,3 +78,32 @@ func unescape(s string) string {
 	}
 	return b.String()
 }
+
+// CryptdsSourcePrefix starts the source of every cryptds mount; the rest
+// is the backing directory.
+const CryptdsSourcePrefix = "cryptds:"
+
+// Containing returns the mount that holds path (absolute, symlinks
+// resolved): the entry with the longest mount point that is path or one of
+// its parents. Later entries win ties, as the later mount hides the earlier.
+func Containing(entries []Entry, path string) (Entry, bool) {
+	var best Entry
+	found := false
+	for _, e := range entries {
+		if !within(path, e.Point) {
+			continue
+		}
+		if !found || len(e.Point) >= len(best.Point) {
+			best, found = e, true
+		}
+	}
+	return best, found
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	if dir == "/" {
+		return strings.HasPrefix(path, "/")
+	}
+	return path == dir || strings.HasPrefix(path, dir+"/")
+}

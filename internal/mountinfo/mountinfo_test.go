@@ -74,3 +74,29 @@ func escape(s string) string {
 	}
 	return b.String()
 }
+
+func TestContaining(t *testing.T) {
+	table := []Entry{
+		{Point: "/", Source: "/dev/sda1", FSType: "ext4"},
+		{Point: "/mnt/ds", Source: "cryptds:/srv/ds", FSType: "fuse.cryptds"},
+		{Point: "/mnt/ds2", Source: "cryptds:/srv/ds2", FSType: "fuse.cryptds"},
+		{Point: "/mnt/ds/vm1/iso", Source: "/dev/sr0", FSType: "iso9660"},
+	}
+	tests := []struct{ path, want string }{
+		{"/mnt/ds", "/mnt/ds"},
+		{"/mnt/ds/vm1/disk", "/mnt/ds"},
+		{"/mnt/ds2/x", "/mnt/ds2"},
+		{"/mnt/dsx", "/"},
+		{"/mnt/ds/vm1/iso/a", "/mnt/ds/vm1/iso"},
+		{"/srv/ds/vm1", "/"},
+	}
+	for _, tc := range tests {
+		got, ok := Containing(table, tc.path)
+		if !ok || got.Point != tc.want {
+			t.Errorf("Containing(%q) = %+v, %v; want mount point %s", tc.path, got, ok, tc.want)
+		}
+	}
+	if _, ok := Containing(table[1:], "/srv/ds"); ok {
+		t.Error("a path outside every listed mount was placed in one")
+	}
+}

@@ -21,6 +21,11 @@ type File struct {
 	PID      int
 	Command  string // /proc/PID/comm
 	Writable bool   // some descriptor of PID on Path is open for writing
+	// FuseServer: PID holds /dev/fuse open, i.e. it serves a FUSE file
+	// system. A cryptds daemon holds the backing files of every file open
+	// through its mount, so callers that look for a VM's writers skip it:
+	// the writer is the process behind it, on the mount side.
+	FuseServer bool
 }
 
 // Under lists the files at or under any of dirs held open by any process,
@@ -34,6 +39,7 @@ func Under(dirs ...string) []File {
 func under(proc string, dirs []string) []File {
 	fds, _ := filepath.Glob(filepath.Join(proc, "[0-9]*", "fd", "*"))
 	byKey := map[[2]string]*File{}
+	fuse := map[string]bool{} // pid -> holds /dev/fuse
 	for _, fd := range fds {
 		target, err := os.Readlink(fd)
 		if err != nil || !underAny(target, dirs) {
@@ -53,6 +59,12 @@ func under(proc string, dirs []string) []File {
 		if !ok {
 			comm, _ := os.ReadFile(filepath.Join(proc, parts[0], "comm"))
 			f = &File{Path: target, PID: pid, Command: string(bytes.TrimSpace(comm))}
+			server, seen := fuse[parts[0]]
+			if !seen {
+				server = holdsFuseDevice(filepath.Join(proc, parts[0], "fd"))
+				fuse[parts[0]] = server
+			}
+			f.FuseServer = server
 			byKey[key] = f
 		}
 		if flags, ok := fdFlags(filepath.Join(proc, parts[0], "fdinfo", parts[2])); ok {
@@ -84,6 +96,18 @@ func underAny(p string, dirs []string) bool {
 	return false
 }
 
+// holdsFuseDevice reports whether a descriptor in the fd directory points
+// to /dev/fuse.
+func holdsFuseDevice(fdDir string) bool {
+	fds, _ := filepath.Glob(filepath.Join(fdDir, "*"))
+	for _, fd := range fds {
+		if t, err := os.Readlink(fd); err == nil && t == "/dev/fuse" {
+			return true
+		}
+	}
+	return false
+}
+
 // fdFlags reads the octal "flags:" line of an fdinfo file.
 func fdFlags(path string) (int, bool) {
 	b, err := os.ReadFile(path)
@@ -103,4 +127,40 @@ func fdFlags(path string) (int, bool) {
 		return int(n), true
 	}
 	return 0, false
+}
+
+// Dir is a process whose working or root directory is at or under a path:
+// it keeps a mount busy without holding any file open.
+type Dir struct {
+	Path    string
+	PID     int
+	Command string
+	Kind    string // "working directory" or "root directory"
+}
+
+// DirsUnder lists the processes whose working or root directory is at or
+// under any of dirs, sorted by pid.
+func DirsUnder(dirs ...string) []Dir {
+	return dirsUnder("/proc", dirs)
+}
+
+func dirsUnder(proc string, dirs []string) []Dir {
+	var out []Dir
+	pids, _ := filepath.Glob(filepath.Join(proc, "[0-9]*"))
+	for _, p := range pids {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil {
+			continue
+		}
+		for _, k := range []struct{ link, kind string }{{"cwd", "working directory"}, {"root", "root directory"}} {
+			target, err := os.Readlink(filepath.Join(p, k.link))
+			if err != nil || !underAny(target, dirs) {
+				continue
+			}
+			comm, _ := os.ReadFile(filepath.Join(p, "comm"))
+			out = append(out, Dir{Path: target, PID: pid, Command: string(bytes.TrimSpace(comm)), Kind: k.kind})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
+	return out
 }

@@ -50,3 +50,38 @@ func TestUnderOwnDescriptors(t *testing.T) {
 		}
 	}
 }
+
+// TestFuseServer: a process holding /dev/fuse is marked as a FUSE server
+// (callers skip it when they name a VM's writers); one that does not is not.
+func TestFuseServer(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "x")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := os.OpenFile(f, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	mine := func() File {
+		t.Helper()
+		for _, e := range Under(f) {
+			if e.PID == os.Getpid() {
+				return e
+			}
+		}
+		t.Fatalf("own descriptor on %s not found", f)
+		return File{}
+	}
+	if mine().FuseServer {
+		t.Fatal("marked as a FUSE server without /dev/fuse open")
+	}
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("cannot open /dev/fuse: %v", err)
+	}
+	defer dev.Close()
+	if !mine().FuseServer {
+		t.Error("holding /dev/fuse open, not marked as a FUSE server")
+	}
+}
