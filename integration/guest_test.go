@@ -166,7 +166,7 @@ func requireODirect(t *testing.T, q *qemuProc, path string) {
 // second) with a qcow2 disk and a QMP socket; extra are appended.
 func guestHold(t *testing.T, kernel, initrd, disk, serial string, extra ...string) (*qemuProc, *qmp) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	sock := qmpSocketPath(t)
 	args := guestArgs(kernel, initrd, "file="+disk+",format=qcow2,if=virtio,cache=none", serial,
 		"t.mode=hold t.seed=CRYPTDS-GUEST-RAM t.fill=16", 256)
 	args = append(args, "-qmp", "unix:"+sock+",server=on,wait=off")

@@ -380,3 +380,17 @@ func (m *qmp) quit(t *testing.T, q *qemuProc) {
 	_, _ = m.exec("quit", nil)
 	_ = q.wait(t, 30*time.Second)
 }
+
+// qmpSocketPath is a path for a QMP unix socket. A socket path must be
+// shorter than 108 bytes (sun_path), which a subtest's t.TempDir() under a
+// per-run TMPDIR is not, so the socket lives in a short directory of its
+// own under /tmp, removed with the test.
+func qmpSocketPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "qmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "qmp.sock")
+}

@@ -298,7 +298,7 @@ func TestQemuImageLock(t *testing.T) {
 		start func(t *testing.T) (stop func())
 	}{
 		{"paused qemu-system", func(t *testing.T) func() {
-			sock := filepath.Join(t.TempDir(), "qmp.sock")
+			sock := qmpSocketPath(t)
 			q := startQemu(t, "qemu-system-x86_64", "-accel", "tcg", "-S", "-nodefaults", "-display", "none",
 				"-m", "64", "-qmp", "unix:"+sock+",server=on,wait=off",
 				"-drive", "file="+img+",format=qcow2,if=virtio")
