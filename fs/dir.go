@@ -249,7 +249,7 @@ func (n *node) checkLinkCrossing(tn *node, dfd int) error {
 	if err != nil {
 		return err
 	}
-	dst, err := n.r.dirVM(n, dfd)
+	dst, err := n.r.placeOf(n, dfd)
 	if err != nil {
 		return err
 	}

@@ -74,11 +74,23 @@ func (r *Root) warnOnce(key string, msg string, args ...any) {
 	r.log.Error(msg, args...)
 }
 
-// dirVM resolves directory node d (backing descriptor dfd).
+// dirVM resolves directory node d (backing descriptor dfd), and logs
+// where a recorded VM's directory has lost or changed its policy xattr.
 func (r *Root) dirVM(d *node, dfd int) (dirVM, error) {
+	return r.resolveDir(d, dfd, true)
+}
+
+// placeOf is dirVM for opens, links and renames: a recorded VM's policy
+// xattr is not read (the record decides; creates and policy reads report
+// a changed xattr), which saves a getxattr per open.
+func (r *Root) placeOf(d *node, dfd int) (dirVM, error) {
+	return r.resolveDir(d, dfd, false)
+}
+
+func (r *Root) resolveDir(d *node, dfd int, verify bool) (dirVM, error) {
 	rel := d.relPath()
 	if v, ok := r.vms.Lookup(rel); ok {
-		return r.recordedDir(rel, dfd, v)
+		return r.recordedDir(rel, dfd, v, verify)
 	}
 	pol, raw, err := r.backingPolicy(d, dfd)
 	if err != nil || pol == nil {
@@ -94,7 +106,7 @@ func (r *Root) dirVM(d *node, dfd int) (dirVM, error) {
 	if err != nil {
 		return dirVM{}, err
 	}
-	return r.recordedDir(rel, dfd, v)
+	return r.recordedDir(rel, dfd, v, verify)
 }
 
 // backingPolicy reads and parses d's policy xattr (nil: none).
@@ -158,7 +170,7 @@ func (r *Root) adopt(d *node, pol *objcrypt.Policy, raw []byte) (vmreg.VM, error
 // recordedDir is dirVM for a directory inside recorded VM v. The backing
 // policy xattr is only compared with the record, and a difference logged:
 // new files always get the recorded policy.
-func (r *Root) recordedDir(rel string, dfd int, v vmreg.VM) (dirVM, error) {
+func (r *Root) recordedDir(rel string, dfd int, v vmreg.VM, verify bool) (dirVM, error) {
 	dv := dirVM{vm: v, has: true}
 	if v.State != vmreg.Encrypted {
 		return dv, nil
@@ -168,6 +180,9 @@ func (r *Root) recordedDir(rel string, dfd int, v vmreg.VM) (dirVM, error) {
 		return dirVM{}, err
 	}
 	dv.pol = pol
+	if !verify {
+		return dv, nil
+	}
 	raw, err := getxattrAlloc(procPath(dfd), xattrPolicy)
 	switch {
 	case errors.Is(err, unix.ENODATA):
@@ -205,7 +220,7 @@ func (n *node) placeVMs() ([]dirVM, []*node, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		dv, err := n.r.dirVM(d, dfd)
+		dv, err := n.r.placeOf(d, dfd)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -291,11 +306,11 @@ func (r *Root) checkCrossing(from, to *node) error {
 	if err != nil {
 		return err
 	}
-	a, err := r.dirVM(from, ffd)
+	a, err := r.placeOf(from, ffd)
 	if err != nil {
 		return err
 	}
-	b, err := r.dirVM(to, tfd)
+	b, err := r.placeOf(to, tfd)
 	if err != nil {
 		return err
 	}
