@@ -15,7 +15,7 @@ import (
 )
 
 // engine implements the KMIP operations on top of the store. Result reasons
-// follow PyKMIP 0.10 (notes/KMIP.md) so the client suite can run against
+// follow PyKMIP 0.10 (Debian's python3-pykmip) so the client suite can run against
 // both servers.
 type engine struct {
 	store    *store
@@ -34,7 +34,7 @@ var operations = []kmip.Operation{
 
 // routes builds the batch executor. SetSupportedProtocolVersions is
 // deliberately not called: in v0.8.1 it sorts ascending and clients would
-// negotiate KMIP 1.0 (notes/KMIP.md); the default list (1.4 down to 1.0,
+// negotiate KMIP 1.0 (TestNegotiation); the default list (1.4 down to 1.0,
 // newest first) is right.
 func (e *engine) routes() *kmipserver.BatchExecutor {
 	x := kmipserver.NewBatchExecutor()

@@ -14,7 +14,7 @@ import (
 )
 
 // maxWrite is the largest FUSE request: 1 MiB lets big sequential I/O be
-// split over the crypto pool (PERF.md).
+// split over the crypto pool (docs/BENCHMARKS.md).
 const maxWrite = 1 << 20
 
 // maxBackground is the kernel's limit of asynchronous requests in flight

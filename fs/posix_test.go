@@ -10,7 +10,8 @@ import (
 // posixSkips are posixtest entries that do not apply, with the reason.
 var posixSkips = map[string]string{
 	// cryptds leaves POSIX/OFD locks to the kernel (no lock ops, as
-	// QEMU.md shows is enough for QEMU's image locking on one host). With
+	// integration.TestQemuImageLock shows is enough for QEMU's image
+	// locking on one host). With
 	// kernel-local locks, two descriptors of one process share the POSIX
 	// lock owner and never conflict, exactly as on ext4; this entry expects
 	// a filesystem that forwards locks with per-descriptor owners.

@@ -18,7 +18,7 @@
 # then writes server.conf, starts pykmip-server, waits until it completes a
 # mutual-TLS handshake, and records pykmip.pid and endpoint (host:port).
 # All keys are ECDSA P-256: with RSA, PyKMIP offers only CBC suites Go
-# refuses (notes/KMIP.md).
+# refuses (Debian's PyKMIP 0.10 with Go's crypto/tls).
 #
 # stop sends SIGINT (PyKMIP notices SIGTERM only at its next 10 s accept
 # timeout) and waits for the exit. On SIGINT PyKMIP stops accepting, then

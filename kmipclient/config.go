@@ -24,7 +24,7 @@ const (
 	// (so 1+DefaultRetries attempts in all) before ErrUnavailable.
 	DefaultRetries = 2
 	// DefaultMaxConns caps the connection pool. PyKMIP serialises requests
-	// (notes/KMIP.md: barely more throughput in parallel), and the keyring
+	// (measured: barely more throughput with parallel connections), and the keyring
 	// fetches each key once, so a few connections are plenty.
 	DefaultMaxConns = 4
 )

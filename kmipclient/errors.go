@@ -111,7 +111,8 @@ func reasonError(op, endpoint string, bi *kmip.ResponseBatchItem) *Error {
 }
 
 // sentinelFor maps KMIP result reasons; the cases are those PyKMIP and the
-// dev KMS return (notes/KMIP.md), everything else is a protocol error.
+// dev KMS return (TestSuitePyKMIP, TestSuiteDevKMS), everything else is
+// a protocol error.
 func sentinelFor(r kmip.ResultReason) error {
 	switch r {
 	case kmip.ResultReasonItemNotFound:

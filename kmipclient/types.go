@@ -31,7 +31,7 @@ func versionOf(p kmip.ProtocolVersion) Version {
 // Supported KMIP versions: 1.1 is the floor (DESIGN.md: KEKs are fetched with
 // Get and DEKs wrapped locally, which any 1.1 server can do); 1.4 is the
 // newest the library speaks. 2.x is never offered: PyKMIP rejects every
-// 2.0 message (notes/KMIP.md).
+// 2.0 message (Debian's python3-pykmip 0.10).
 var (
 	minVersion = Version{1, 1}
 	maxVersion = Version{1, 4}

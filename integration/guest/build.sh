@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh OUTDIR: a tiny QEMU test guest — the Debian cloud kernel's vmlinuz
 # plus a busybox initramfs whose /init writes and/or verifies a seed pattern
-# on /dev/vda (see /work/shared/notes/QEMU.md §2). Nothing is installed: the
+# on /dev/vda (integration/guest_test.go drives it). Nothing is installed: the
 # kernel and busybox-static .debs are fetched with `apt-get download` and
 # unpacked with dpkg-deb. The result is cached under
 # ${CRYPTDS_GUEST_CACHE:-/var/tmp/cryptds-guest}/<kernel package> and copied
