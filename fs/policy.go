@@ -17,8 +17,8 @@ import (
 // through the mount and never settable through it.
 const (
 	xattrPrefix = "user.cryptds."
-	xattrHeader = "user.cryptds.hdr"
-	xattrPolicy = "user.cryptds.policy"
+	xattrHeader = objcrypt.XattrHeader
+	xattrPolicy = objcrypt.XattrPolicy
 	xattrStatus = "user.cryptds.status"
 	xattrKeys   = "user.cryptds.keys" // virtual, read-only: the VM's KEKs (vmguard.go keysText)
 )

@@ -31,8 +31,8 @@ import (
 
 // Names of the backing xattrs of the format (docs/FORMAT.md §2, §4).
 const (
-	HeaderAttr = "user.cryptds.hdr"
-	PolicyAttr = "user.cryptds.policy"
+	HeaderAttr = objcrypt.XattrHeader
+	PolicyAttr = objcrypt.XattrPolicy
 	ShrinkAttr = "user.cryptds.shrink" // §7.1: a truncate into a block in progress
 )
 
@@ -249,9 +249,13 @@ func (c *checker) add(path, kind, sev, detail string) {
 // looks like, and re-creating a policy there would make new files
 // encrypted against the admin's intent.
 func (c *checker) checkDir(p, rel string) {
-	pol, has := dirPolicy(p)
-	c.checkDirPlace(rel, pol, has)
 	raw, err := xattr.LGet(p, PolicyAttr)
+	var pol *objcrypt.Policy
+	var perr error
+	if err == nil {
+		pol, perr = objcrypt.ParsePolicy(raw)
+	}
+	c.checkDirPlace(rel, pol, err == nil)
 	switch {
 	case errors.Is(err, xattr.ENOATTR):
 		if c.place.dirs[slashRel(rel)].has {
@@ -267,12 +271,12 @@ func (c *checker) checkDir(p, rel string) {
 		return
 	}
 	c.rep.Policies++
-	if _, err := objcrypt.ParsePolicy(raw); err != nil {
+	if perr != nil {
 		kind := KindPolicyCorrupt
-		if errors.Is(err, objcrypt.ErrVersion) {
+		if errors.Is(perr, objcrypt.ErrVersion) {
 			kind = KindVersionTooNew
 		}
-		c.add(rel, kind, SeverityError, fmt.Sprintf("policy: %v (new files in this directory are refused by the mount)", err))
+		c.add(rel, kind, SeverityError, fmt.Sprintf("policy: %v (new files in this directory are refused by the mount)", perr))
 	}
 }
 

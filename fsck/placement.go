@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/pkg/xattr"
-
 	"github.com/cryptds/cryptds/objcrypt"
 	"github.com/cryptds/cryptds/vmreg"
 )
@@ -145,17 +143,4 @@ func (c *checker) checkRecordedDirs() {
 		c.add(v.Dir, KindRecordedGone, SeverityWarning, fmt.Sprintf(
 			"the mount's record has encrypted VM %s here, but the directory is gone (removed or moved on the backing store, not through the mount)", v.ID))
 	}
-}
-
-// dirPolicy reads a directory's policy for the placement check.
-func dirPolicy(p string) (*objcrypt.Policy, bool) {
-	raw, err := xattr.LGet(p, PolicyAttr)
-	if err != nil {
-		return nil, false
-	}
-	pol, err := objcrypt.ParsePolicy(raw)
-	if err != nil {
-		return nil, true
-	}
-	return pol, true
 }

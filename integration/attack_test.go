@@ -27,8 +27,8 @@ import (
 // user through an --allow-other mount. THREAT-MODEL.md names these tests.
 
 const (
-	policyAttr = "user.cryptds.policy"
-	headerAttr = "user.cryptds.hdr"
+	policyAttr = objcrypt.XattrPolicy
+	headerAttr = objcrypt.XattrHeader
 )
 
 // encryptEmptyVM makes an encrypted VM directory through the mount.

@@ -23,11 +23,11 @@ const (
 	// PolicyAttr is the VM directory's policy, read and set through the
 	// mount: "none" or "encrypted kek=<id> vm=<vmid>"; setting "encrypted"
 	// creates the VM's keys.
-	PolicyAttr = "user.cryptds.policy"
+	PolicyAttr = objcrypt.XattrPolicy
 	// HeaderAttr is the backing file's object header; its presence alone
 	// makes an object encrypted. Hidden from and read-only through the
 	// mount, so it is read from the backing store.
-	HeaderAttr = "user.cryptds.hdr"
+	HeaderAttr = objcrypt.XattrHeader
 	// KeyStateAttr is a VM directory's key state, read-only through the
 	// mount, which asks the KMS: "<state> kek=<id> kms=<endpoint>", or
 	// "none kms=<endpoints>" without a policy.
