@@ -45,18 +45,7 @@ func daemonOf(t *testing.T, mnt string) int {
 // (dev KMS), as an fstab line would, writes through it, and unmounts with
 // umount(8); the daemon exits by itself.
 func TestFstabMount(t *testing.T) {
-	requireRoot(t)
-	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
-	backing, mnt, state := dirs(t)
-	installHelper(t)
-	cfg := filepath.Join(t.TempDir(), "ds.toml")
-	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
-	logf := filepath.Join(t.TempDir(), "daemon.log")
-	t.Cleanup(func() {
-		if isMounted(mnt) {
-			exec.Command("umount", mnt).Run()
-		}
-	})
+	backing, mnt, _, cfg, logf := fstabDatastore(t)
 
 	out, err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt,
 		"-o", "config="+cfg+",allow_other,nodev,_netdev,log="+logf).CombinedOutput()
@@ -116,18 +105,7 @@ func TestFstabMount(t *testing.T) {
 // previous daemon is still exiting and holds the datastore's journal for
 // a few milliseconds more (the new daemon waits for it and says so).
 func TestFstabRemountCycles(t *testing.T) {
-	requireRoot(t)
-	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
-	backing, mnt, state := dirs(t)
-	installHelper(t)
-	cfg := filepath.Join(t.TempDir(), "ds.toml")
-	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
-	logf := filepath.Join(t.TempDir(), "daemon.log")
-	t.Cleanup(func() {
-		if isMounted(mnt) {
-			exec.Command("umount", mnt).Run()
-		}
-	})
+	backing, mnt, state, cfg, logf := fstabDatastore(t)
 	mount := func(i int) {
 		t.Helper()
 		out, err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt, "-o", "config="+cfg+",log="+logf).CombinedOutput()
@@ -203,18 +181,7 @@ func tail(s string, n int) string {
 // files written before read back, every change is EROFS, also after
 // mount -o remount,rw, and no write journal is made.
 func TestFstabReadOnly(t *testing.T) {
-	requireRoot(t)
-	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
-	backing, mnt, state := dirs(t)
-	installHelper(t)
-	cfg := filepath.Join(t.TempDir(), "ds.toml")
-	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
-	logf := filepath.Join(t.TempDir(), "daemon.log")
-	t.Cleanup(func() {
-		if isMounted(mnt) {
-			exec.Command("umount", mnt).Run()
-		}
-	})
+	backing, mnt, state, cfg, logf := fstabDatastore(t)
 	mount := func(opts string) {
 		t.Helper()
 		if out, err := exec.Command("mount", "-t", "fuse.cryptds", backing, mnt, "-o", opts+",config="+cfg+",log="+logf).CombinedOutput(); err != nil {
@@ -273,4 +240,25 @@ func TestFstabReadOnly(t *testing.T) {
 // setPolicy sets the policy xattr of dir.
 func setPolicy(dir, v string) error {
 	return syscall.Setxattr(dir, "user.cryptds.policy", []byte(v), 0)
+}
+
+// fstabDatastore prepares a mount through mount(8) and the installed
+// helper: a backing directory, a mountpoint (unmounted at the end), a
+// state directory, a config file for the dev KMS and the daemon's log
+// file.
+func fstabDatastore(t *testing.T) (backing, mnt, state, cfg, logf string) {
+	t.Helper()
+	requireRoot(t)
+	require(t, haveCmd("mount") && haveCmd("umount"), "util-linux mount")
+	backing, mnt, state = dirs(t)
+	installHelper(t)
+	cfg = filepath.Join(t.TempDir(), "ds.toml")
+	writeFile(t, cfg, fmt.Sprintf("dev = true\nstate-dir = %q\n", state))
+	logf = filepath.Join(t.TempDir(), "daemon.log")
+	t.Cleanup(func() {
+		if isMounted(mnt) {
+			exec.Command("umount", mnt).Run()
+		}
+	})
+	return backing, mnt, state, cfg, logf
 }
